@@ -1,0 +1,56 @@
+"""Who may see or do what. Every view and socket asks here; nothing re-implements these checks."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from django.core.exceptions import PermissionDenied
+
+from approvals.models import Membership, Team, ToolCall
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+
+    AnyUser = AbstractBaseUser | AnonymousUser
+
+REVIEW_ROLES = frozenset({Membership.Role.ADMIN, Membership.Role.REVIEWER})
+READ_ROLES = frozenset(Membership.Role.values)
+
+
+def membership_for(user: AnyUser, team: Team) -> Membership | None:
+    """The user's membership in the team, or None (also for anonymous and inactive users)."""
+    if not user.is_authenticated or not user.is_active:
+        return None
+    return Membership.objects.filter(team=team, user_id=user.pk).first()
+
+
+def teams_for(user: AnyUser) -> list[Team]:
+    """Teams the user belongs to, by name."""
+    if not user.is_authenticated or not user.is_active:
+        return []
+    return list(Team.objects.filter(memberships__user_id=user.pk).order_by("name"))
+
+
+def can_review(user: AnyUser, team: Team) -> bool:
+    """May see the team's queue and decide its calls."""
+    membership = membership_for(user, team)
+    return membership is not None and membership.role in REVIEW_ROLES
+
+
+def require_review(user: AnyUser, team: Team) -> None:
+    """Raise PermissionDenied unless the user reviews for the team."""
+    if not can_review(user, team):
+        raise PermissionDenied("Only the team's reviewers and admins may review its calls.")
+
+
+def require_member(user: AnyUser, team: Team) -> Membership:
+    """The user's membership, or PermissionDenied."""
+    membership = membership_for(user, team)
+    if membership is None:
+        raise PermissionDenied("You are not a member of this team.")
+    return membership
+
+
+def require_decide(user: AnyUser, call: ToolCall) -> None:
+    """Raise PermissionDenied unless the user may decide this call."""
+    require_review(user, call.team)

@@ -1,0 +1,267 @@
+"""Websocket consumers: they authenticate, parse, call one service and send the answer. No logic here.
+
+``BridgeConsumer`` speaks the protocol of ``mcpbridge.protocol`` (docs/protocol.md) with bridges.
+``ReviewConsumer`` feeds a reviewer's page with the team's held calls and takes decisions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.core.exceptions import PermissionDenied
+
+from approvals import access, realtime, selectors
+from approvals.models import BridgeToken, Team
+from approvals.services import calls as call_services
+from approvals.services.tokens import token_touch
+from mcpbridge import protocol
+
+log = logging.getLogger(__name__)
+
+MAX_REVIEW_FRAME_BYTES = 16 * 1024
+
+
+class BridgeConsumer(AsyncWebsocketConsumer):
+    """One connected bridge. The token was checked by ``BridgeTokenMiddleware`` at connect."""
+
+    token: BridgeToken | None
+    upstream: protocol.UpstreamInfo | None
+    tools: dict[str, str]
+
+    async def connect(self) -> None:
+        self.token = self.scope.get("bridge_token")
+        self.upstream = None
+        self.tools = {}
+        # Accept first, so the bridge sees why it is refused instead of a bare HTTP 403.
+        await self.accept()
+        if self.token is None:
+            await self._send(
+                protocol.Error(
+                    code="unauthorized",
+                    message="Signoff refused the token: it is unknown, expired or revoked. "
+                    "Ask your Signoff admin for a new one and put it in SIGNOFF_TOKEN.",
+                )
+            )
+            await self.close(code=protocol.CLOSE_UNAUTHORIZED)
+            return
+        await self.channel_layer.group_add(realtime.bridge_group(self.token.pk), self.channel_name)
+        client = self.scope.get("client") or (None, None)
+        await database_sync_to_async(token_touch)(token=self.token, address=client[0])
+
+    async def disconnect(self, code: int) -> None:
+        if self.token is not None:
+            await self.channel_layer.group_discard(realtime.bridge_group(self.token.pk), self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.token is None:
+            return
+        try:
+            message = protocol.parse_bridge_message(text_data if text_data is not None else bytes_data or b"")
+        except protocol.ProtocolError as exc:
+            await self._send(protocol.Error(code=exc.code, message=exc.message, ref=exc.ref))
+            return
+        if self.upstream is None and not isinstance(message, protocol.Hello):
+            await self._send(protocol.Error(code="hello_required", message="send hello before anything else"))
+            return
+        try:
+            await self._dispatch(message)
+        except call_services.CallNotFound as exc:
+            await self._send(
+                protocol.Error(
+                    code="unknown_call",
+                    message=f"no call {exc} for this token",
+                    ref=getattr(message, "ref", None),
+                )
+            )
+        except call_services.CallAlreadyDecided as exc:
+            await self._send(realtime.decision_for(exc.call, ref=getattr(message, "ref", None)))
+        except call_services.TokenUnusable:
+            await self.bridge_revoked({"reason": "the token is no longer valid"})
+
+    async def _dispatch(self, message: Any) -> None:
+        assert self.token is not None
+        token = self.token
+        if isinstance(message, protocol.Hello):
+            await self._hello(message)
+        elif isinstance(message, protocol.Tools):
+            self.tools = {tool.name: tool.hash for tool in message.tools}
+        elif isinstance(message, protocol.Call):
+            assert self.upstream is not None
+            submitted = await database_sync_to_async(call_services.call_submit)(
+                token=token,
+                server=self.upstream.name,
+                tool=message.tool,
+                arguments=message.arguments,
+                tool_hash=self.tools.get(message.tool),
+                timeout=message.timeout,
+            )
+            await self._send(realtime.decision_for(submitted.call, run=submitted.run, ref=message.ref))
+        elif isinstance(message, protocol.Claim):
+            call, run = await database_sync_to_async(call_services.call_claim)(
+                token=token, call_id=message.call_id
+            )
+            await self._send(realtime.decision_for(call, run=run, ref=message.ref))
+        elif isinstance(message, protocol.Result):
+            call = await database_sync_to_async(call_services.call_report_result)(
+                token=token,
+                call_id=message.call_id,
+                is_error=message.is_error,
+                summary=message.summary,
+                duration_ms=message.duration_ms,
+            )
+            await self._send(realtime.decision_for(call, ref=message.ref))
+        elif isinstance(message, protocol.Withdraw):
+            call = await database_sync_to_async(call_services.call_withdraw)(
+                token=token, call_id=message.call_id, reason=message.reason
+            )
+            await self._send(realtime.decision_for(call, ref=message.ref))
+        elif isinstance(message, protocol.Status):
+            for call in await database_sync_to_async(call_services.call_states_for_bridge)(
+                token=token, call_ids=message.call_ids
+            ):
+                await self._send(realtime.decision_for(call))
+
+    async def _hello(self, hello: protocol.Hello) -> None:
+        assert self.token is not None
+        if hello.protocol != protocol.PROTOCOL_VERSION:
+            await self._send(
+                protocol.Error(
+                    code="unsupported_protocol",
+                    message=f"this server speaks protocol {protocol.PROTOCOL_VERSION}, the bridge "
+                    f"{hello.protocol}: upgrade mcpbridge or the server",
+                )
+            )
+            await self.close(code=protocol.CLOSE_PROTOCOL)
+            return
+        self.upstream = hello.upstream
+        self.tools = {tool.name: tool.hash for tool in hello.tools}
+        team = self.token.team
+        await self._send(
+            protocol.Welcome(
+                protocol=protocol.PROTOCOL_VERSION,
+                team=team.slug,
+                user=self.token.user.get_username(),
+                token_name=self.token.name,
+                default_deadline_seconds=team.default_deadline_seconds,
+            )
+        )
+        log.info(
+            "bridge connected: token %s… server %s (%d tools)",
+            self.token.prefix,
+            hello.upstream.name,
+            len(hello.tools),
+        )
+
+    async def _send(self, message: protocol.Message) -> None:
+        await self.send(text_data=protocol.encode(message))
+
+    # --- channel layer events -----------------------------------------------------------------------
+    async def bridge_decision(self, event: dict[str, Any]) -> None:
+        await self._send(protocol.Decision(**event["decision"]))
+
+    async def bridge_revoked(self, event: dict[str, Any]) -> None:
+        await self._send(
+            protocol.Error(code="revoked", message=f"Signoff closed this bridge: {event['reason']}")
+        )
+        await self.close(code=protocol.CLOSE_REVOKED)
+
+
+class ReviewConsumer(AsyncWebsocketConsumer):
+    """A reviewer's open queue page for one team (``?team=<slug>``)."""
+
+    team: Team | None = None
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        slug = parse_qs(self.scope.get("query_string", b"").decode()).get("team", [""])[0]
+        self.team = await database_sync_to_async(self._team_if_reviewer)(user, slug)
+        await self.accept()
+        if self.team is None:
+            await self.send_json({"type": "error", "message": "You may not review this team's calls."})
+            await self.close(code=4403)
+            return
+        await self.channel_layer.group_add(realtime.review_group(self.team.pk), self.channel_name)
+        await self.channel_layer.group_add(realtime.user_group(user.pk), self.channel_name)
+        snapshot = await database_sync_to_async(self._snapshot)()
+        await self.send_json({"type": "snapshot", "calls": snapshot})
+
+    @staticmethod
+    def _team_if_reviewer(user: Any, slug: str) -> Team | None:
+        team = Team.objects.filter(slug=slug).first()
+        if team is None or user is None or not access.can_review(user, team):
+            return None
+        return team
+
+    def _snapshot(self) -> list[dict[str, Any]]:
+        assert self.team is not None
+        return [realtime.call_payload(call) for call in selectors.pending_calls_for(team=self.team)]
+
+    async def disconnect(self, code: int) -> None:
+        if self.team is not None:
+            await self.channel_layer.group_discard(realtime.review_group(self.team.pk), self.channel_name)
+            await self.channel_layer.group_discard(
+                realtime.user_group(self.scope["user"].pk), self.channel_name
+            )
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.team is None:
+            return
+        raw = text_data if text_data is not None else (bytes_data or b"").decode(errors="replace")
+        if len(raw) > MAX_REVIEW_FRAME_BYTES:
+            await self.send_json({"type": "error", "message": "message too large"})
+            return
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            await self.send_json({"type": "error", "message": "message is not JSON"})
+            return
+        if not isinstance(message, dict) or message.get("type") != "decide":
+            await self.send_json({"type": "error", "message": "unknown message type"})
+            return
+        call_id = str(message.get("call_id", ""))
+        decision = message.get("decision")
+        if decision not in {"allow", "deny", "always_allow"}:
+            await self.send_json(
+                {
+                    "type": "error",
+                    "call_id": call_id,
+                    "message": "decision must be allow, deny or always_allow",
+                }
+            )
+            return
+        reason = message.get("reason") if isinstance(message.get("reason"), str) else ""
+        try:
+            call = await database_sync_to_async(call_services.call_decide)(
+                call_id=call_id,
+                reviewer=self.scope["user"],
+                allow=decision != "deny",
+                always_allow=decision == "always_allow",
+                reason=reason,
+            )
+        except (call_services.CallNotFound, PermissionDenied):
+            await self.send_json(
+                {"type": "error", "call_id": call_id, "message": "no such call in your team"}
+            )
+            return
+        except call_services.CallAlreadyDecided as exc:
+            await self.send_json(
+                {"type": "error", "call_id": call_id, "message": f"already decided: {exc.call.state}"}
+            )
+            return
+        await self.send_json({"type": "decided", "call_id": call_id, "state": call.state})
+
+    async def send_json(self, content: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(content))
+
+    # --- channel layer events -----------------------------------------------------------------------
+    async def call_update(self, event: dict[str, Any]) -> None:
+        await self.send_json({"type": "call", "call": event["call"]})
+
+    async def review_closed(self, event: dict[str, Any]) -> None:
+        await self.send_json({"type": "error", "message": event.get("reason", "access ended")})
+        await self.close(code=4403)

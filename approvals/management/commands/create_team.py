@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from approvals.models import Team
+from approvals.services.teams import team_create
+
+
+class Command(BaseCommand):
+    help = "Create a team. Prints its slug, used by the other commands."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("name", help="The team's display name, e.g. 'Platform'.")
+        parser.add_argument("--slug", default="", help="Short id for URLs (default: from the name).")
+
+    def handle(self, *args: Any, name: str, slug: str, **options: Any) -> None:
+        try:
+            team = team_create(name=name, slug=slug)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        except Exception as exc:
+            if Team.objects.filter(slug=slug or name).exists():
+                raise CommandError(f"A team with slug {slug or name!r} exists already.") from None
+            raise exc
+        self.stdout.write(team.slug)

@@ -1,0 +1,184 @@
+"""Signoff's data: teams and their members, bridge tokens, held tool calls, rules and audit events.
+
+Models hold data and invariants; every state change goes through ``approvals.services``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import ClassVar
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Team(models.Model):
+    """A group of people sharing bridges, rules and one review queue."""
+
+    class Mode(models.TextChoices):
+        REVIEW = "review", "Review: a human decides when no rule matches"
+        WHITELIST = "whitelist", "Whitelist only: no matching rule means denied"
+
+    name = models.CharField(max_length=100)
+    slug = models.SlugField(max_length=60, unique=True)
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.REVIEW)
+    default_deadline_seconds = models.PositiveIntegerField(
+        default=600, help_text="How long a held call waits for a decision before it expires (denied)."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    """A user's role in a team. A user may belong to several teams."""
+
+    class Role(models.TextChoices):
+        ADMIN = "admin", "Admin"
+        REVIEWER = "reviewer", "Reviewer"
+        MEMBER = "member", "Member"
+        AUDITOR = "auditor", "Auditor"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["team", "user"], name="one_membership_per_team")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.team} as {self.role}"
+
+
+class BridgeToken(models.Model):
+    """A person's credential for one or more bridges. Only a hash of the secret is stored."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="tokens")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="bridge_tokens")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True, help_text="Visible start of the token, for lookup.")
+    secret_hash = models.CharField(max_length=64, help_text="SHA-256 of the whole token.")
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    last_used_ip = models.GenericIPAddressField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    def is_usable(self, *, now: timezone.datetime | None = None) -> bool:
+        """Not revoked and not past its expiry."""
+        now = now or timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class Rule(models.Model):
+    """Allow or deny calls to a server's tool without asking a human. Deny beats allow."""
+
+    class Effect(models.TextChoices):
+        ALLOW = "allow", "Allow"
+        DENY = "deny", "Deny"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="rules")
+    effect = models.CharField(max_length=8, choices=Effect.choices)
+    server = models.CharField(max_length=128, help_text="Server name as the bridge's --name, or * for any.")
+    tool = models.CharField(max_length=128, help_text="Tool name, or * for any.")
+    note = models.CharField(max_length=500, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_from_call = models.ForeignKey(
+        "ToolCall", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.effect} {self.server}/{self.tool}"
+
+
+class ToolCall(models.Model):
+    """One ``tools/call`` from a bridge, from arrival to its result. See DESIGN §3 for the states."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        ALLOWED = "allowed", "Allowed"
+        DENIED = "denied", "Denied"
+        EXPIRED = "expired", "Expired"
+        CANCELLED = "cancelled", "Cancelled"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+
+    class DecidedVia(models.TextChoices):
+        RULE = "rule", "Rule"
+        HUMAN = "human", "Reviewer"
+        SYSTEM = "system", "Signoff"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="calls")
+    token = models.ForeignKey(BridgeToken, on_delete=models.PROTECT, related_name="calls")
+    requester = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    server = models.CharField(max_length=128)
+    tool = models.CharField(max_length=128)
+    arguments = models.JSONField(default=dict)
+    arguments_hash = models.CharField(max_length=64)
+    tool_hash = models.CharField(max_length=64, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices)
+    reason = models.CharField(max_length=1000, blank=True)
+    deadline = models.DateTimeField()
+    created_at = models.DateTimeField(default=timezone.now)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_via = models.CharField(max_length=8, choices=DecidedVia.choices, blank=True)
+    rule = models.ForeignKey(Rule, null=True, blank=True, on_delete=models.SET_NULL, related_name="calls")
+    started_at = models.DateTimeField(null=True, blank=True, help_text="When a bridge claimed it to run.")
+    finished_at = models.DateTimeField(null=True, blank=True)
+    result_summary = models.CharField(max_length=2000, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        indexes: ClassVar = [
+            models.Index(fields=["team", "state", "deadline"], name="call_team_state"),
+            models.Index(fields=["token", "arguments_hash"], name="call_token_args"),
+            models.Index(fields=["state", "deadline"], name="call_state_deadline"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.server}/{self.tool} {self.state}"
+
+
+class AuditEvent(models.Model):
+    """An append-only record of what happened: a call's step, or a change to tokens, rules or members."""
+
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    """The team it concerns; empty for events about a user alone."""
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    """Who did it; empty when Signoff did it (rules, deadlines)."""
+    token = models.ForeignKey(BridgeToken, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    """The bridge token involved, if any."""
+    call = models.ForeignKey(
+        ToolCall, null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
+    )
+    """The call involved, if any."""
+    kind = models.CharField(max_length=40)
+    """What happened, dotted: ``call.allowed``, ``token.revoked``…"""
+    created_at = models.DateTimeField(default=timezone.now)
+    """When it happened."""
+    data = models.JSONField(default=dict)
+    """Details of the event (reason, rule, result summary…); never a secret."""
+
+    class Meta:
+        indexes: ClassVar = [models.Index(fields=["team", "created_at"], name="audit_team_time")]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.kind}"

@@ -1,0 +1,92 @@
+"""Group names and event payloads for the channel layer; only services broadcast, and only on commit.
+
+The channel layer is a hint, not the truth: a lost message costs latency, since bridges and pages
+re-sync from the database on every (re)connect.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+from approvals.models import ToolCall
+from mcpbridge import protocol
+
+log = logging.getLogger(__name__)
+
+
+def review_group(team_id: int) -> str:
+    """Every open reviewer page of a team."""
+    return f"review-team-{team_id}"
+
+
+def user_group(user_id: int) -> str:
+    """Every open reviewer page of one user (closed when the user loses access)."""
+    return f"review-user-{user_id}"
+
+
+def bridge_group(token_id: int) -> str:
+    """Every bridge connected with one token."""
+    return f"bridge-token-{token_id}"
+
+
+def call_payload(call: ToolCall) -> dict[str, Any]:
+    """What a reviewer's page shows of a call. Arguments are untrusted: pages render them as text."""
+    return {
+        "id": str(call.id),
+        "server": call.server,
+        "tool": call.tool,
+        "arguments": call.arguments,
+        "requester": call.requester.get_username(),
+        "token": call.token.name,
+        "state": call.state,
+        "reason": call.reason,
+        "created_at": call.created_at.isoformat(),
+        "deadline": call.deadline.isoformat(),
+        "decided_by": call.decided_by.get_username() if call.decided_by else None,
+    }
+
+
+def decision_for(call: ToolCall, *, run: bool = False, ref: str | None = None) -> protocol.Decision:
+    """The bridge's view of a call's state."""
+    return protocol.Decision(
+        call_id=str(call.id),
+        state=call.state,  # type: ignore[arg-type]
+        reason=call.reason,
+        ref=ref,
+        deadline=call.deadline.isoformat(),
+        run=run,
+        decided_by=call.decided_by.get_username() if call.decided_by else None,
+    )
+
+
+def send(group: str, event: dict[str, Any]) -> None:
+    """Send to a group now (from sync code). Failures are logged, never raised: the database is the truth."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(group, event)
+    except Exception:
+        log.exception("channel layer send to %s failed", group)
+
+
+def send_on_commit(group: str, event: dict[str, Any]) -> None:
+    """Send to a group once the current transaction commits, so nobody sees a rolled-back change."""
+    transaction.on_commit(lambda: send(group, event))
+
+
+def call_changed(call: ToolCall) -> None:
+    """Tell the team's reviewers about a call (new in the queue, or gone from it), on commit."""
+    send_on_commit(review_group(call.team_id), {"type": "call.update", "call": call_payload(call)})
+
+
+def decision_changed(call: ToolCall) -> None:
+    """Tell the call's bridge about a new state, on commit."""
+    send_on_commit(
+        bridge_group(call.token_id), {"type": "bridge.decision", "decision": decision_for(call).model_dump()}
+    )

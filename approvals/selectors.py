@@ -1,0 +1,28 @@
+"""Reads that matter, with their joins applied once here."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from approvals.models import Team, ToolCall
+
+_CALL_RELATIONS = ("team", "token", "requester", "decided_by")
+
+
+def pending_calls_for(*, team: Team) -> QuerySet[ToolCall]:
+    """The team's held calls, oldest first."""
+    return (
+        ToolCall.objects.select_related(*_CALL_RELATIONS)
+        .filter(team=team, state=ToolCall.State.PENDING)
+        .order_by("created_at")
+    )
+
+
+def decided_calls_for(*, team: Team) -> QuerySet[ToolCall]:
+    """The team's calls that left the queue, newest first."""
+    return (
+        ToolCall.objects.select_related(*_CALL_RELATIONS)
+        .filter(team=team)
+        .exclude(state=ToolCall.State.PENDING)
+        .order_by("-created_at")
+    )

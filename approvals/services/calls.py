@@ -1,0 +1,357 @@
+"""A held call's life: submitted by a bridge, decided by a rule, a reviewer or a deadline, then run once.
+
+Every transition is one conditional UPDATE (``WHERE state = …``): the first decision wins, a call is
+never released twice, and an audit event is written in the same transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from approvals import access, policy, realtime
+from approvals.models import BridgeToken, Rule, ToolCall
+from approvals.services.audit import audit_record
+from mcpbridge.protocol import arguments_hash
+
+State = ToolCall.State
+
+
+class CallNotFound(Exception):
+    """No such call for this token (or the id is malformed): forged and foreign ids end here."""
+
+
+class TokenUnusable(Exception):
+    """The token was revoked or expired, or its owner deactivated, since the bridge connected."""
+
+
+class CallAlreadyDecided(Exception):
+    """The call left the pending state before this decision arrived."""
+
+    def __init__(self, call: ToolCall) -> None:
+        super().__init__(f"This call was already {call.state}.")
+        self.call = call
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A bridge's call as the server took it: the call, and whether the bridge may run it now."""
+
+    call: ToolCall
+    run: bool
+    reattached: bool
+
+
+def _load(call_id: str, **filters: Any) -> ToolCall:
+    try:
+        key = uuid.UUID(call_id)
+    except (ValueError, TypeError, AttributeError):
+        raise CallNotFound(call_id) from None
+    call = (
+        ToolCall.objects.select_related("team", "token", "requester", "decided_by")
+        .filter(pk=key, **filters)
+        .first()
+    )
+    if call is None:
+        raise CallNotFound(call_id)
+    return call
+
+
+def call_submit(
+    *,
+    token: BridgeToken,
+    server: str,
+    tool: str,
+    arguments: dict[str, Any],
+    tool_hash: str | None,
+    timeout: int | None = None,
+) -> Submitted:
+    """Take a call from a bridge: re-attach to the same held call, or decide it by policy, or hold it.
+
+    ``tool_hash`` is None when the bridge's upstream does not offer the tool: such a call is denied.
+    An identical call (same token, server, tool and arguments) that is still held or allowed-but-not-run
+    is the same call: the bridge re-attaches to it, so a client that timed out and repeats the call
+    continues the wait, and an allowed call runs exactly once.
+    """
+    team = token.team
+    args_hash = arguments_hash(arguments)
+    now = timezone.now()
+    with transaction.atomic():
+        # The database is the truth: a revocation counts even if its broadcast was lost.
+        current = BridgeToken.objects.filter(pk=token.pk).values(
+            "revoked_at", "expires_at", "user__is_active"
+        )
+        row = current.first()
+        if (
+            row is None
+            or row["revoked_at"]
+            or not row["user__is_active"]
+            or (row["expires_at"] and row["expires_at"] <= now)
+        ):
+            raise TokenUnusable()
+        existing = (
+            ToolCall.objects.select_for_update()
+            .select_related("team", "token", "requester", "decided_by")
+            .filter(
+                token=token,
+                server=server,
+                tool=tool,
+                arguments_hash=args_hash,
+                state__in=[State.PENDING, State.ALLOWED],
+                started_at__isnull=True,
+                deadline__gt=now,
+            )
+            .order_by("created_at")
+            .first()
+        )
+        if existing is not None:
+            run = existing.state == State.ALLOWED and _claim(existing, now=now)
+            return Submitted(existing, run=run, reattached=True)
+
+        if tool_hash is None:
+            verdict = policy.Verdict("deny", f"denied: the server '{server}' has no tool named '{tool}'")
+        else:
+            rules = [
+                policy.RuleSpec(id=r.pk, effect=r.effect, server=r.server, tool=r.tool)  # type: ignore[arg-type]
+                for r in Rule.objects.filter(team=team, enabled=True).only("id", "effect", "server", "tool")
+            ]
+            verdict = policy.evaluate(rules=rules, server=server, tool=tool, mode=team.mode)
+
+        seconds = team.default_deadline_seconds
+        if timeout:
+            seconds = min(seconds, timeout)
+        state = {"allow": State.ALLOWED, "deny": State.DENIED, "review": State.PENDING}[verdict.outcome]
+        decided = verdict.outcome != "review"
+        call = ToolCall.objects.create(
+            team=team,
+            token=token,
+            requester=token.user,
+            server=server,
+            tool=tool,
+            arguments=arguments,
+            arguments_hash=args_hash,
+            tool_hash=tool_hash or "",
+            state=state,
+            reason=verdict.reason,
+            deadline=now + timedelta(seconds=seconds),
+            created_at=now,
+            decided_at=now if decided else None,
+            decided_via=(ToolCall.DecidedVia.RULE if verdict.rule_id else ToolCall.DecidedVia.SYSTEM)
+            if decided
+            else "",
+            rule_id=verdict.rule_id,
+            # An automatic allow is handed to the bridge in this very answer: it is claimed now.
+            started_at=now if state == State.ALLOWED else None,
+        )
+        call.token = token
+        call.requester = token.user
+        audit_record(
+            kind=f"call.{state}",
+            team=team,
+            token=token,
+            call=call,
+            server=server,
+            tool=tool,
+            arguments_hash=args_hash,
+            reason=verdict.reason,
+            rule=verdict.rule_id,
+        )
+        if state == State.PENDING:
+            realtime.call_changed(call)
+    return Submitted(call, run=state == State.ALLOWED, reattached=False)
+
+
+def _claim(call: ToolCall, *, now: Any) -> bool:
+    claimed = ToolCall.objects.filter(pk=call.pk, state=State.ALLOWED, started_at__isnull=True).update(
+        started_at=now
+    )
+    if claimed:
+        call.started_at = now
+        audit_record(kind="call.started", team=call.team, token=call.token, call=call)
+    return bool(claimed)
+
+
+def call_claim(*, token: BridgeToken, call_id: str) -> tuple[ToolCall, bool]:
+    """Hand the right to run an allowed call to the bridge asking. True for exactly one claim."""
+    with transaction.atomic():
+        call = _load(call_id, token=token)
+        if call.state != State.ALLOWED or call.started_at is not None:
+            return call, False
+        return call, _claim(call, now=timezone.now())
+
+
+def call_report_result(
+    *, token: BridgeToken, call_id: str, is_error: bool, summary: str, duration_ms: int
+) -> ToolCall:
+    """Record what the upstream answered to a call the bridge ran."""
+    now = timezone.now()
+    with transaction.atomic():
+        call = _load(call_id, token=token)
+        state = State.FAILED if is_error else State.COMPLETED
+        changed = ToolCall.objects.filter(pk=call.pk, state=State.ALLOWED, started_at__isnull=False).update(
+            state=state, finished_at=now, result_summary=summary[:2000], duration_ms=duration_ms
+        )
+        if not changed:
+            raise CallAlreadyDecided(call)
+        call.refresh_from_db()
+        audit_record(
+            kind=f"call.{state}",
+            team=call.team,
+            token=token,
+            call=call,
+            is_error=is_error,
+            duration_ms=duration_ms,
+            summary=summary[:500],
+        )
+    return call
+
+
+def call_withdraw(*, token: BridgeToken, call_id: str, reason: str) -> ToolCall:
+    """The client gave up on a held call: cancel it unless it was already decided or run."""
+    now = timezone.now()
+    with transaction.atomic():
+        call = _load(call_id, token=token)
+        changed = ToolCall.objects.filter(
+            pk=call.pk, state__in=[State.PENDING, State.ALLOWED], started_at__isnull=True
+        ).update(state=State.CANCELLED, reason=reason or "cancelled by the client", finished_at=now)
+        call.refresh_from_db()
+        if changed:
+            audit_record(kind="call.cancelled", team=call.team, token=token, call=call, reason=call.reason)
+            realtime.call_changed(call)
+    return call
+
+
+def call_decide(
+    *,
+    call_id: str,
+    reviewer: AbstractBaseUser,
+    allow: bool,
+    reason: str = "",
+    always_allow: bool = False,
+) -> ToolCall:
+    """A reviewer's decision. Raises PermissionDenied, CallNotFound or CallAlreadyDecided.
+
+    With ``always_allow`` an allow rule for the call's server and tool is created in the same
+    transaction as the decision.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        call = _load(call_id)
+        access.require_decide(reviewer, call)
+        reason = reason.strip()[:1000]
+        if allow:
+            who = reviewer.get_username()
+            text = f"allowed by {who}" + (f": {reason}" if reason else "")
+        else:
+            text = "denied by a reviewer" + (f": {reason}" if reason else "")
+        changed = ToolCall.objects.filter(pk=call.pk, state=State.PENDING, deadline__gt=now).update(
+            state=State.ALLOWED if allow else State.DENIED,
+            reason=text,
+            decided_at=now,
+            decided_by=reviewer.pk,
+            decided_via=ToolCall.DecidedVia.HUMAN,
+        )
+        if not changed:
+            if call.state == State.PENDING:  # past its deadline; the sweeper had not reached it yet
+                _expire(call, now=now)
+            raise CallAlreadyDecided(call)
+        call.refresh_from_db()
+        rule = None
+        if allow and always_allow:
+            rule = Rule.objects.create(
+                team=call.team,
+                effect=Rule.Effect.ALLOW,
+                server=call.server,
+                tool=call.tool,
+                note=f"Always-Allow from call {call.pk}",
+                created_by_id=reviewer.pk,
+                created_from_call=call,
+            )
+            audit_record(
+                kind="rule.created",
+                team=call.team,
+                actor_id=reviewer.pk,
+                call=call,
+                rule=rule.pk,
+                effect=rule.effect,
+                server=rule.server,
+                tool=rule.tool,
+            )
+        audit_record(
+            kind=f"call.{call.state}",
+            team=call.team,
+            actor_id=reviewer.pk,
+            token=call.token,
+            call=call,
+            reason=text,
+            always_allow=rule.pk if rule else None,
+        )
+        realtime.call_changed(call)
+        realtime.decision_changed(call)
+    return call
+
+
+def _expire(call: ToolCall, *, now: Any) -> bool:
+    changed = ToolCall.objects.filter(
+        pk=call.pk, state__in=[State.PENDING, State.ALLOWED], started_at__isnull=True, deadline__lte=now
+    ).update(
+        state=State.EXPIRED,
+        reason="expired: no decision before the deadline",
+        decided_at=now,
+        decided_via=ToolCall.DecidedVia.SYSTEM,
+    )
+    if changed:
+        call.refresh_from_db()
+        audit_record(kind="call.expired", team=call.team, token=call.token, call=call, reason=call.reason)
+        realtime.call_changed(call)
+        realtime.decision_changed(call)
+    return bool(changed)
+
+
+def calls_expire_due() -> int:
+    """Expire every held (or allowed but never run) call past its deadline. Returns how many."""
+    now = timezone.now()
+    due = ToolCall.objects.select_related("team", "token", "requester", "decided_by").filter(
+        state__in=[State.PENDING, State.ALLOWED], started_at__isnull=True, deadline__lte=now
+    )
+    expired = 0
+    for call in due[:500]:
+        with transaction.atomic():
+            expired += _expire(call, now=now)
+    return expired
+
+
+def calls_deny_for_token(*, token: BridgeToken, reason: str) -> int:
+    """Deny every held call of a token (it was revoked or its owner removed). Inside the caller's atomic."""
+    now = timezone.now()
+    held = list(
+        ToolCall.objects.select_related("team", "token", "requester", "decided_by").filter(
+            token=token, state__in=[State.PENDING, State.ALLOWED], started_at__isnull=True
+        )
+    )
+    for call in held:
+        ToolCall.objects.filter(pk=call.pk, state=call.state, started_at__isnull=True).update(
+            state=State.DENIED, reason=reason, decided_at=now, decided_via=ToolCall.DecidedVia.SYSTEM
+        )
+        call.refresh_from_db()
+        audit_record(kind="call.denied", team=call.team, token=token, call=call, reason=reason)
+        realtime.call_changed(call)
+        realtime.decision_changed(call)
+    return len(held)
+
+
+def call_states_for_bridge(*, token: BridgeToken, call_ids: list[str]) -> list[ToolCall]:
+    """The current state of the token's calls among these ids (unknown and foreign ids are left out)."""
+    keys = []
+    for raw in call_ids:
+        try:
+            keys.append(uuid.UUID(raw))
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return list(ToolCall.objects.select_related("decided_by").filter(token=token, pk__in=keys))

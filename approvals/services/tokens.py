@@ -1,0 +1,83 @@
+"""Bridge tokens: issued per person and team, stored as a hash, revocable at once."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import datetime
+
+from django.contrib.auth.models import AbstractUser
+from django.db import transaction
+from django.utils import timezone
+
+from approvals import realtime
+from approvals.models import BridgeToken, Team
+from approvals.services.audit import audit_record
+
+TOKEN_MARK = "sgo_"
+PREFIX_LENGTH = 8
+
+
+def _hash(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def token_issue(
+    *, team: Team, user: AbstractUser, name: str, expires_at: datetime | None = None
+) -> tuple[BridgeToken, str]:
+    """Create a token and return it with its raw value, which is never stored and shown only now."""
+    with transaction.atomic():
+        while True:
+            prefix = secrets.token_hex(PREFIX_LENGTH // 2)
+            if not BridgeToken.objects.filter(prefix=prefix).exists():
+                break
+        raw = f"{TOKEN_MARK}{prefix}_{secrets.token_urlsafe(32)}"
+        token = BridgeToken.objects.create(
+            team=team, user=user, name=name, prefix=prefix, secret_hash=_hash(raw), expires_at=expires_at
+        )
+        audit_record(kind="token.issued", team=team, actor_id=user.pk, token=token, name=name, prefix=prefix)
+    return token, raw
+
+
+def token_authenticate(raw: str) -> BridgeToken | None:
+    """The usable token with this raw value, or None. Constant-time compare of the hash."""
+    if not raw.startswith(TOKEN_MARK) or len(raw) > 200:
+        return None
+    prefix = raw[len(TOKEN_MARK) : len(TOKEN_MARK) + PREFIX_LENGTH]
+    token = BridgeToken.objects.select_related("team", "user").filter(prefix=prefix).first()
+    if token is None or not hmac.compare_digest(token.secret_hash, _hash(raw)):
+        return None
+    if not token.is_usable() or not token.user.is_active:
+        return None
+    return token
+
+
+def token_touch(*, token: BridgeToken, address: str | None) -> None:
+    """Record that the token was just used, and from where."""
+    BridgeToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now(), last_used_ip=address)
+
+
+def token_revoke(*, token: BridgeToken, by: AbstractUser | None, reason: str = "token revoked") -> bool:
+    """Revoke a token at once: its open bridges are closed and its held calls denied.
+
+    Returns False when it was already revoked.
+    """
+    from approvals.services.calls import calls_deny_for_token
+
+    now = timezone.now()
+    with transaction.atomic():
+        changed = BridgeToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=now)
+        if not changed:
+            return False
+        token.revoked_at = now
+        audit_record(
+            kind="token.revoked",
+            team=token.team,
+            actor_id=by.pk if by else None,
+            token=token,
+            name=token.name,
+        )
+        calls_deny_for_token(token=token, reason=f"denied: {reason}")
+        realtime.send_on_commit(realtime.bridge_group(token.pk), {"type": "bridge.revoked", "reason": reason})
+    return True

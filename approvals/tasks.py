@@ -1,0 +1,13 @@
+"""Celery tasks: thin wrappers that call a service."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from approvals.services.calls import calls_expire_due
+
+
+@shared_task(name="approvals.tasks.expire_due_calls", ignore_result=True)
+def expire_due_calls() -> int:
+    """Expire held calls past their deadline (scheduled by Celery beat)."""
+    return calls_expire_due()

@@ -1,0 +1,5 @@
+"""Signoff's Django project: settings, ASGI routing and the Celery app."""
+
+from config.celery import app as celery_app
+
+__all__ = ["celery_app"]

@@ -1,0 +1,3 @@
+from mcpbridge.cli import main
+
+main()

@@ -1,0 +1,280 @@
+"""The bridge's websocket to the Signoff server: connect, re-connect with backoff, request and watch.
+
+Fail closed: every wait here is bounded, and every way it can end without an answer from the server
+raises :class:`LinkError` with a reason a person (and a model) can act on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from mcpbridge import protocol
+
+log = logging.getLogger("mcpbridge.link")
+
+
+class LinkError(Exception):
+    """No usable answer from Signoff: the call must not run. The message says why."""
+
+
+@dataclass
+class CallWatch:
+    """The latest state the server told us for one call, with an event set on every change."""
+
+    latest: protocol.Decision
+    changed: anyio.Event = field(default_factory=anyio.Event)
+
+    def update(self, decision: protocol.Decision) -> None:
+        self.latest = decision
+        self.changed.set()
+        self.changed = anyio.Event()
+
+
+def websocket_url(base: str) -> str:
+    """``https://host`` → ``wss://host/ws/bridge/`` (http → ws); a ws(s) URL is taken as is."""
+    base = base.strip().rstrip("/")
+    if base.startswith("https://"):
+        base = "wss://" + base.removeprefix("https://")
+    elif base.startswith("http://"):
+        base = "ws://" + base.removeprefix("http://")
+    elif not base.startswith(("ws://", "wss://")):
+        raise ValueError(f"SIGNOFF_URL must start with https:// or http://, got {base!r}")
+    return (
+        base
+        if base.endswith(protocol.BRIDGE_PATH.rstrip("/")) or base.endswith(protocol.BRIDGE_PATH)
+        else base + protocol.BRIDGE_PATH
+    )
+
+
+class SignoffLink:
+    """One long-lived connection to Signoff, shared by every call of this bridge."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        token: str,
+        hello: Callable[[], protocol.Hello],
+        answer_timeout: float = 15.0,
+    ) -> None:
+        self.url = websocket_url(url)
+        self._token = token
+        self._hello = hello
+        self.answer_timeout = answer_timeout
+        self._socket: ClientConnection | None = None
+        self._connected = anyio.Event()
+        self._state_changed = anyio.Event()
+        self._replies: dict[str, anyio.Event] = {}
+        self._answers: dict[str, protocol.Decision | protocol.Error] = {}
+        self._watches: dict[str, CallWatch] = {}
+        self._refs = itertools.count(1)
+        self.fatal: str | None = None
+        """Set when the server refused us for good (bad or revoked token, protocol version)."""
+        self.down_since: float | None = time.monotonic()
+        """Monotonic time the link went down, None while connected."""
+        self.last_error = "not connected yet"
+        self.welcome: protocol.Welcome | None = None
+
+    # --- connection ---------------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._socket is not None and self.welcome is not None
+
+    async def run(self) -> None:
+        """Keep connected until cancelled or refused for good. Backoff: 0.25 s doubling to 10 s, jittered."""
+        delay = 0.25
+        while self.fatal is None:
+            try:
+                await self._session()
+                delay = 0.25
+            except (OSError, websockets.exceptions.WebSocketException, LinkError, TimeoutError) as exc:
+                self.last_error = _describe_failure(exc)
+                log.warning("Signoff link: %s", self.last_error)
+            self._went_down()
+            if self.fatal is not None:
+                break
+            await anyio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not crypto
+            delay = min(delay * 2, 10.0)
+
+    async def _session(self) -> None:
+        async with websockets.connect(
+            self.url,
+            additional_headers={"Authorization": f"Bearer {self._token}"},
+            max_size=protocol.MAX_FRAME_BYTES,
+            open_timeout=10,
+            ping_interval=20,
+            ping_timeout=20,
+            user_agent_header="mcpbridge",
+        ) as socket:
+            await socket.send(protocol.encode(self._hello()))
+            with anyio.fail_after(self.answer_timeout):
+                first = protocol.parse_server_message(await socket.recv())
+            if isinstance(first, protocol.Error):
+                await self._read_close(socket, first)
+                return
+            if not isinstance(first, protocol.Welcome):
+                raise LinkError(f"Signoff answered the hello with {first.type!r}")
+            self.welcome = first
+            self._socket = socket
+            self.down_since = None
+            self.last_error = ""
+            self._connected.set()
+            self._signal()
+            log.info("connected to Signoff as %s (team %s)", first.user, first.team)
+            # Re-attach: ask for the state of every call we are still waiting on.
+            pending = [cid for cid, w in self._watches.items() if w.latest.state in ("pending", "allowed")]
+            for start in range(0, len(pending), protocol.MAX_STATUS_IDS):
+                batch = pending[start : start + protocol.MAX_STATUS_IDS]
+                await socket.send(protocol.encode(protocol.Status(call_ids=batch)))
+            try:
+                async for frame in socket:
+                    self._on_frame(frame)
+            except websockets.exceptions.ConnectionClosed:
+                pass
+            self._on_close(socket.close_code, socket.close_reason)
+
+    async def _read_close(self, socket: ClientConnection, error: protocol.Error) -> None:
+        """The server refused the hello: wait for its close frame to know whether it is final."""
+        try:
+            with anyio.move_on_after(2):
+                async for _ in socket:
+                    pass
+        except websockets.exceptions.ConnectionClosed:
+            pass
+        self.last_error = error.message
+        self._on_close(socket.close_code, error.message)
+
+    def _on_close(self, code: int | None, reason: str | None) -> None:
+        if code in protocol.FATAL_CLOSE_CODES:
+            self.fatal = self.last_error if self.last_error else (reason or f"closed with code {code}")
+            log.error("Signoff refused this bridge: %s", self.fatal)
+        else:
+            self.last_error = f"connection to Signoff lost (code {code})"
+
+    def _went_down(self) -> None:
+        if self._socket is not None or self.welcome is not None:
+            self.down_since = time.monotonic()
+        self._socket = None
+        self.welcome = None
+        self._connected = anyio.Event()
+        # Requests in flight on the lost connection get no answer: wake their waiters.
+        for event in self._replies.values():
+            event.set()
+        self._signal()
+
+    def _signal(self) -> None:
+        self._state_changed.set()
+        self._state_changed = anyio.Event()
+
+    def _on_frame(self, frame: str | bytes) -> None:
+        try:
+            message = protocol.parse_server_message(frame)
+        except protocol.ProtocolError as exc:
+            log.warning("ignored a malformed frame from Signoff: %s", exc.message)
+            return
+        if isinstance(message, protocol.Error):
+            log.warning("Signoff error %s: %s", message.code, message.message)
+            if message.code in {"revoked", "unauthorized"}:
+                self.last_error = message.message
+            if message.ref and message.ref in self._replies:
+                self._answers[message.ref] = message
+                self._replies[message.ref].set()
+            return
+        if isinstance(message, protocol.Decision):
+            watch = self._watches.get(message.call_id)
+            if watch is not None:
+                watch.update(message)
+            if message.ref and message.ref in self._replies:
+                self._answers[message.ref] = message
+                self._replies[message.ref].set()
+
+    async def wait_connected(self, timeout: float) -> None:  # noqa: ASYNC109 - a plain bound
+        """Wait up to ``timeout`` seconds for a live connection, or raise LinkError."""
+        if self.fatal:
+            raise LinkError(self.fatal)
+        with anyio.move_on_after(timeout):
+            while not self.connected:
+                if self.fatal:
+                    raise LinkError(self.fatal)
+                await self._state_changed.wait()
+        if not self.connected:
+            raise LinkError(self.fatal or f"Signoff at {self.url} is unreachable ({self.last_error})")
+
+    # --- requests -----------------------------------------------------------------------------------
+    async def request(self, message: protocol.Message, *, connect_timeout: float) -> protocol.Decision:
+        """Send a request with a fresh ``ref`` and return the decision answering it.
+
+        Retries on a new connection if the old one drops before the answer (every request is idempotent
+        on the server: a repeated call re-attaches, a repeated claim fails harmlessly).
+        """
+        give_up = time.monotonic() + connect_timeout + self.answer_timeout
+        while True:
+            await self.wait_connected(max(0.0, give_up - time.monotonic()) or 0.01)
+            ref = f"r{next(self._refs)}"
+            event = anyio.Event()
+            self._replies[ref] = event
+            try:
+                socket = self._socket
+                assert socket is not None
+                await socket.send(protocol.encode(message.model_copy(update={"ref": ref})))
+                with anyio.move_on_after(self.answer_timeout):
+                    await event.wait()
+                answer = self._answers.pop(ref, None)
+            except websockets.exceptions.ConnectionClosed:
+                answer = None
+            finally:
+                self._replies.pop(ref, None)
+            if isinstance(answer, protocol.Error):
+                raise LinkError(f"Signoff refused the request: {answer.message}")
+            if answer is not None:
+                if answer.call_id not in self._watches:
+                    self._watches[answer.call_id] = CallWatch(answer)
+                else:
+                    self._watches[answer.call_id].update(answer)
+                return answer
+            if self.fatal:
+                raise LinkError(self.fatal)
+            if time.monotonic() >= give_up:
+                raise LinkError(f"no answer from Signoff within {self.answer_timeout:.0f}s")
+
+    async def send(self, message: protocol.Message) -> bool:
+        """Fire-and-forget (status polls). False when not connected."""
+        socket = self._socket
+        if socket is None:
+            return False
+        try:
+            await socket.send(protocol.encode(message))
+        except websockets.exceptions.ConnectionClosed:
+            return False
+        return True
+
+    def watch(self, call_id: str) -> CallWatch:
+        """The watch of a call we have submitted."""
+        return self._watches[call_id]
+
+    def forget(self, call_id: str) -> None:
+        """Stop following a call (it reached a final state, or the client gave up)."""
+        self._watches.pop(call_id, None)
+
+    async def close(self) -> None:
+        if self._socket is not None:
+            await self._socket.close()
+
+
+def _describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, websockets.exceptions.InvalidStatus):
+        return f"Signoff answered HTTP {exc.response.status_code} at the bridge endpoint"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__

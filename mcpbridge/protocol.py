@@ -1,0 +1,252 @@
+"""The wire protocol between mcpbridge and the Signoff server, defined once for both ends.
+
+JSON text frames over ``wss://HOST/ws/bridge/``; the bridge authenticates with
+``Authorization: Bearer <token>``. Every frame is an object with a ``type``. ``docs/protocol.md``
+describes each message; this module is the executable form of that page. It must not import Django.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+PROTOCOL_VERSION = 1
+BRIDGE_PATH = "/ws/bridge/"
+
+# Limits both ends enforce. A frame over MAX_FRAME_BYTES is refused with an error frame.
+MAX_FRAME_BYTES = 1024 * 1024
+MAX_ARGUMENTS_BYTES = 256 * 1024
+MAX_NAME_LENGTH = 128
+MAX_REF_LENGTH = 64
+MAX_REASON_LENGTH = 1000
+MAX_SUMMARY_LENGTH = 2000
+MAX_TOOLS = 1000
+MAX_STATUS_IDS = 1000
+
+# Close codes (4000-4999 are application codes in RFC 6455).
+CLOSE_UNAUTHORIZED = 4401
+"""The token is unknown, malformed, expired or revoked at connect: the bridge stops reconnecting."""
+CLOSE_REVOKED = 4403
+"""The token was revoked (or its owner removed) while connected: the bridge stops reconnecting."""
+CLOSE_PROTOCOL = 4400
+"""The bridge spoke a protocol version the server does not support, or broke the handshake."""
+FATAL_CLOSE_CODES = frozenset({CLOSE_UNAUTHORIZED, CLOSE_REVOKED, CLOSE_PROTOCOL})
+
+CallState = Literal["pending", "allowed", "denied", "expired", "cancelled", "completed", "failed"]
+TERMINAL_STATES: frozenset[str] = frozenset({"denied", "expired", "cancelled", "completed", "failed"})
+
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- bridge → server ------------------------------------------------------------------------------
+class ToolInfo(Message):
+    """One upstream tool as the bridge saw it in ``tools/list``."""
+
+    name: Name
+    hash: Annotated[str, Field(min_length=64, max_length=64, pattern="^[0-9a-f]{64}$")]
+    """SHA-256 of the tool's canonical JSON definition (see :func:`tool_hash`)."""
+    title: str | None = Field(default=None, max_length=MAX_REASON_LENGTH)
+    annotations: dict[str, Any] = Field(default_factory=dict)
+
+
+class UpstreamInfo(Message):
+    """What the bridge fronts: the name the user gave it and what the upstream said about itself."""
+
+    name: Name
+    transport: Literal["stdio", "http"]
+    server_name: str = Field(default="", max_length=MAX_NAME_LENGTH)
+    server_version: str = Field(default="", max_length=MAX_NAME_LENGTH)
+
+
+class Hello(Message):
+    """First frame of every connection: protocol version, the upstream and its tools."""
+
+    type: Literal["hello"] = "hello"
+    protocol: int
+    bridge_version: str = Field(max_length=40)
+    upstream: UpstreamInfo
+    tools: list[ToolInfo] = Field(max_length=MAX_TOOLS)
+
+
+class Tools(Message):
+    """The upstream's tool list changed (after ``notifications/tools/list_changed``)."""
+
+    type: Literal["tools"] = "tools"
+    tools: list[ToolInfo] = Field(max_length=MAX_TOOLS)
+
+
+class Call(Message):
+    """A ``tools/call`` the client made. ``ref`` is the bridge's own id for matching the answer.
+
+    Every request that carries a ``ref`` gets exactly one answer (``decision`` or ``error``) echoing it.
+    """
+
+    type: Literal["call"] = "call"
+    ref: Annotated[str, Field(min_length=1, max_length=MAX_REF_LENGTH)]
+    tool: Name
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    timeout: int | None = Field(default=None, ge=1, le=86400)
+    """The longest the bridge will wait for a decision (its ``--timeout``); the server takes the smaller
+    of this and the team's deadline."""
+
+
+class Claim(Message):
+    """The bridge asks to run an allowed call. Exactly one claim per call succeeds."""
+
+    type: Literal["claim"] = "claim"
+    call_id: str = Field(max_length=64)
+    ref: str | None = Field(default=None, max_length=MAX_REF_LENGTH)
+
+
+class Result(Message):
+    """The upstream answered an allowed call: a summary for the audit."""
+
+    type: Literal["result"] = "result"
+    call_id: str = Field(max_length=64)
+    ref: str | None = Field(default=None, max_length=MAX_REF_LENGTH)
+    is_error: bool
+    summary: str = Field(default="", max_length=MAX_SUMMARY_LENGTH)
+    duration_ms: int = Field(ge=0)
+
+
+class Withdraw(Message):
+    """The client cancelled a held call: take it off the queue."""
+
+    type: Literal["withdraw"] = "withdraw"
+    call_id: str = Field(max_length=64)
+    ref: str | None = Field(default=None, max_length=MAX_REF_LENGTH)
+    reason: str = Field(default="", max_length=MAX_REASON_LENGTH)
+
+
+class Status(Message):
+    """Ask for the current state of calls (after a reconnect, or now and then while waiting)."""
+
+    type: Literal["status"] = "status"
+    call_ids: list[Annotated[str, Field(max_length=64)]] = Field(max_length=MAX_STATUS_IDS)
+
+
+BridgeMessage = Annotated[
+    Hello | Tools | Call | Claim | Result | Withdraw | Status, Field(discriminator="type")
+]
+
+
+# --- server → bridge ------------------------------------------------------------------------------
+class Welcome(Message):
+    """The server accepted the hello."""
+
+    type: Literal["welcome"] = "welcome"
+    protocol: int
+    team: str
+    user: str
+    token_name: str
+    default_deadline_seconds: int
+
+
+class Decision(Message):
+    """The state of one call: the answer to ``call``, ``claim`` and ``status``, and every later change.
+
+    ``run`` is true only in the one frame that hands the bridge the right to run the call upstream.
+    """
+
+    type: Literal["decision"] = "decision"
+    call_id: str
+    state: CallState
+    reason: str = ""
+    ref: str | None = None
+    deadline: str | None = None
+    run: bool = False
+    decided_by: str | None = None
+
+
+class Error(Message):
+    """A frame the server could not act on. The connection stays open; nothing was lost."""
+
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    ref: str | None = None
+
+
+ServerMessage = Annotated[Welcome | Decision | Error, Field(discriminator="type")]
+
+_bridge_adapter: TypeAdapter[BridgeMessage] = TypeAdapter(BridgeMessage)
+_server_adapter: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
+
+
+class ProtocolError(Exception):
+    """A frame that is not valid JSON, not a known message, or breaks a limit."""
+
+    def __init__(self, code: str, message: str, ref: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.ref = ref
+
+
+def _load(text: str | bytes) -> Any:
+    if len(text) > MAX_FRAME_BYTES:
+        raise ProtocolError("frame_too_large", f"frame is larger than {MAX_FRAME_BYTES} bytes")
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("malformed_json", f"frame is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("malformed_frame", "frame must be a JSON object")
+    return data
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "frame"
+    return f"{where}: {first['msg']}"
+
+
+def parse_bridge_message(text: str | bytes) -> Hello | Tools | Call | Claim | Result | Withdraw | Status:
+    """Decode one bridge → server frame, or raise :class:`ProtocolError` naming what is wrong."""
+    data = _load(text)
+    ref = data.get("ref") if isinstance(data.get("ref"), str) else None
+    try:
+        message = _bridge_adapter.validate_python(data)
+    except ValidationError as exc:
+        raise ProtocolError("invalid_message", _describe(exc), ref=ref) from None
+    if isinstance(message, Call) and len(canonical_json(message.arguments)) > MAX_ARGUMENTS_BYTES:
+        raise ProtocolError(
+            "arguments_too_large", f"arguments are larger than {MAX_ARGUMENTS_BYTES} bytes", ref=ref
+        )
+    return message
+
+
+def parse_server_message(text: str | bytes) -> Welcome | Decision | Error:
+    """Decode one server → bridge frame, or raise :class:`ProtocolError`."""
+    data = _load(text)
+    try:
+        return _server_adapter.validate_python(data)
+    except ValidationError as exc:
+        raise ProtocolError("invalid_message", _describe(exc)) from None
+
+
+def encode(message: Message) -> str:
+    """Encode a message as one JSON text frame."""
+    return message.model_dump_json(exclude_none=True)
+
+
+def canonical_json(value: Any) -> str:
+    """Stable JSON for hashing: sorted keys, no spaces, UTF-8 kept as is."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def arguments_hash(arguments: dict[str, Any]) -> str:
+    """SHA-256 of a call's canonical arguments: an approval is bound to exactly these."""
+    return hashlib.sha256(canonical_json(arguments).encode()).hexdigest()
+
+
+def tool_hash(definition: dict[str, Any]) -> str:
+    """SHA-256 of a tool's canonical definition (name, description, schemas, annotations)."""
+    return hashlib.sha256(canonical_json(definition).encode()).hexdigest()

@@ -1,0 +1,419 @@
+"""The MCP side of the bridge: a server to the client, a client to the upstream, and the gate between.
+
+Everything MCP offers is forwarded as is, except ``tools/call``, which is held until Signoff answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import mcp.types as types
+from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server import Server, ServerRequestContext
+from mcp.server.lowlevel import NotificationOptions
+from mcp.server.stdio import stdio_server
+
+from mcpbridge import __version__, protocol
+from mcpbridge.link import LinkError, SignoffLink
+
+log = logging.getLogger("mcpbridge")
+
+# Variables the bridge never hands to the upstream: they are Signoff's, not the upstream's.
+PRIVATE_ENV = ("SIGNOFF_TOKEN", "SIGNOFF_TOKEN_FILE")
+PROGRESS_EVERY = 5.0
+SUMMARY_LENGTH = 500
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """What the command line and the environment said."""
+
+    name: str
+    signoff_url: str
+    token: str
+    upstream_command: list[str]
+    upstream_url: str | None = None
+    timeout: float | None = None
+    """The bridge's own deadline for a held call (the server's team deadline applies too)."""
+    client_timeout: float = 50.0
+    """Answer a held call before the MCP client gives up (Claude Desktop: 60 s)."""
+    connect_timeout: float = 5.0
+    """How long a call waits for a connection to Signoff before it is denied."""
+    reconnect_grace: float = 10.0
+    """How long a held call survives a lost connection, waiting for it to come back."""
+    poll_interval: float = 15.0
+    """How often the state of long-waiting calls is asked for (the channel layer may drop a message)."""
+
+
+class Upstream(ClientSession):
+    """The session to the real server. A relay does not validate results: the real client does."""
+
+    async def validate_tool_result(self, name: str, result: types.CallToolResult) -> None:
+        return None
+
+
+def tool_error(text: str) -> types.CallToolResult:
+    """A tool result that tells the model (and the person) the call did not run, and why."""
+    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)
+
+
+def _without_progress(params: Any) -> Any:
+    """Drop the caller's progress token: the upstream's progress is re-keyed per request."""
+    if params is None:
+        return None
+    meta = {k: v for k, v in (params.meta or {}).items() if k != "progress_token"}
+    return params.model_copy(update={"meta": meta or None})
+
+
+def _summary(result: types.CallToolResult) -> str:
+    parts = []
+    for item in result.content:
+        if isinstance(item, types.TextContent):
+            parts.append(item.text)
+        else:
+            parts.append(f"[{item.type}]")
+    text = " ".join(parts).strip()
+    return text[:SUMMARY_LENGTH] + ("…" if len(text) > SUMMARY_LENGTH else "")
+
+
+def _tool_info(tool: types.Tool) -> protocol.ToolInfo:
+    definition = tool.model_dump(mode="json", by_alias=True, exclude_none=True)
+    annotations = (
+        tool.annotations.model_dump(mode="json", by_alias=True, exclude_none=True) if tool.annotations else {}
+    )
+    return protocol.ToolInfo(
+        name=tool.name[: protocol.MAX_NAME_LENGTH],
+        hash=protocol.tool_hash(definition),
+        title=(tool.title or None),
+        annotations=annotations,
+    )
+
+
+def _seconds_until(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    try:
+        return (datetime.fromisoformat(iso) - datetime.now(UTC)).total_seconds()
+    except ValueError:
+        return None
+
+
+def _minutes(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+class Bridge:
+    """One upstream, one Signoff link, one client."""
+
+    def __init__(self, config: BridgeConfig) -> None:
+        self.config = config
+        self.upstream: Upstream | None = None
+        self.init: types.InitializeResult | None = None
+        self.tools: dict[str, protocol.ToolInfo] = {}
+        self.downstream: Any = None
+        self.upstream_gone: str | None = None
+        self.link = SignoffLink(url=config.signoff_url, token=config.token, hello=self._hello)
+
+    # --- what Signoff is told ------------------------------------------------------------------------
+    def _hello(self) -> protocol.Hello:
+        info = self.init.server_info if self.init else None
+        return protocol.Hello(
+            protocol=protocol.PROTOCOL_VERSION,
+            bridge_version=__version__,
+            upstream=protocol.UpstreamInfo(
+                name=self.config.name,
+                transport="http" if self.config.upstream_url else "stdio",
+                server_name=(info.name if info else "")[: protocol.MAX_NAME_LENGTH],
+                server_version=(info.version if info else "")[: protocol.MAX_NAME_LENGTH],
+            ),
+            tools=list(self.tools.values())[: protocol.MAX_TOOLS],
+        )
+
+    async def refresh_tools(self) -> None:
+        """Read every page of the upstream's tools and tell Signoff if they changed."""
+        assert self.upstream is not None
+        if not (self.init and self.init.capabilities.tools):
+            return
+        tools: dict[str, protocol.ToolInfo] = {}
+        cursor: str | None = None
+        while True:
+            page = (
+                await self.upstream.list_tools(cursor=cursor) if cursor else await self.upstream.list_tools()
+            )
+            for tool in page.tools:
+                tools[tool.name] = _tool_info(tool)
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        if tools != self.tools:
+            self.tools = tools
+            await self.link.send(protocol.Tools(tools=list(tools.values())[: protocol.MAX_TOOLS]))
+
+    # --- the gate ----------------------------------------------------------------------------------
+    async def call_tool(
+        self, ctx: ServerRequestContext, params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        """Hold the call until Signoff allows it; run it upstream exactly once; otherwise explain."""
+        arguments = params.arguments or {}
+        if self.upstream_gone:
+            return tool_error(f"The call was not run: {self.upstream_gone}.")
+        try:
+            decision = await self.link.request(
+                protocol.Call(
+                    ref="-",
+                    tool=params.name,
+                    arguments=arguments,
+                    timeout=int(self.config.timeout) if self.config.timeout else None,
+                ),
+                connect_timeout=self.config.connect_timeout,
+            )
+        except LinkError as exc:
+            return tool_error(f"The call was not run: Signoff could not approve it ({exc}).")
+        try:
+            decision = await self._wait(ctx, decision)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True), anyio.move_on_after(3):
+                await self._withdraw(decision.call_id, "cancelled by the MCP client")
+            raise
+        if isinstance(decision, types.CallToolResult):
+            return decision
+        if decision.state != "allowed":
+            self.link.forget(decision.call_id)
+            return tool_error(self._refusal(decision))
+        return await self._run(ctx, params, decision)
+
+    async def _wait(
+        self, ctx: ServerRequestContext, decision: protocol.Decision
+    ) -> protocol.Decision | types.CallToolResult:
+        """Wait while the call is pending; answer the client before it times out."""
+        started = time.monotonic()
+        client_limit = started + self.config.client_timeout
+        own_deadline = started + self.config.timeout if self.config.timeout else None
+        last_progress = 0.0
+        last_poll = started
+        watch = self.link.watch(decision.call_id)
+        while watch.latest.state == "pending":
+            now = time.monotonic()
+            server_left = _seconds_until(watch.latest.deadline)
+            if (own_deadline is not None and now >= own_deadline) or (
+                server_left is not None and server_left <= 0
+            ):
+                await self._withdraw(decision.call_id, "the bridge's deadline passed")
+                return protocol.Decision(
+                    call_id=decision.call_id, state="expired", reason="no decision before the deadline"
+                )
+            if self.link.fatal:
+                return tool_error(f"The call was not run: {self.link.fatal}.")
+            if self.link.down_since is not None and now - self.link.down_since >= self.config.reconnect_grace:
+                self.link.forget(decision.call_id)
+                grace = f"{self.config.reconnect_grace:.0f} s"
+                return tool_error(
+                    "The call was not run: the connection to Signoff was lost while it waited for approval "
+                    f"and did not come back within {grace} ({self.link.last_error})."
+                )
+            if now >= client_limit:
+                left = f" It expires in {_minutes(server_left)}." if server_left is not None else ""
+                call_id = decision.call_id
+                return tool_error(
+                    f"This call is still waiting for approval in Signoff (call {call_id}); it has not "
+                    f"run.{left} To keep waiting, repeat exactly the same call with the same arguments: it "
+                    "re-attaches to the held call and, once a reviewer allows it, runs exactly once."
+                )
+            if now - last_progress >= PROGRESS_EVERY:
+                last_progress = now
+                waited = int(now - started)
+                await ctx.session.report_progress(waited, None, "waiting for approval in Signoff…")
+            if now - last_poll >= self.config.poll_interval:
+                last_poll = now
+                await self.link.send(protocol.Status(call_ids=[decision.call_id]))
+            with anyio.move_on_after(min(1.0, max(0.01, client_limit - now))):
+                await watch.changed.wait()
+        return watch.latest
+
+    async def _run(
+        self, ctx: ServerRequestContext, params: types.CallToolRequestParams, decision: protocol.Decision
+    ) -> types.CallToolResult:
+        """Claim the allowed call (unless the answer already handed it to us), run it, report it."""
+        if not decision.run:
+            try:
+                decision = await self.link.request(
+                    protocol.Claim(call_id=decision.call_id), connect_timeout=self.config.reconnect_grace
+                )
+            except LinkError as exc:
+                return tool_error(f"The call was allowed but not run: Signoff could not confirm it ({exc}).")
+            if not decision.run:
+                self.link.forget(decision.call_id)
+                if decision.state in ("completed", "failed") or decision.state == "allowed":
+                    return tool_error("The call was not run again: this approved call has already run once.")
+                return tool_error(self._refusal(decision))
+        self.link.forget(decision.call_id)
+        assert self.upstream is not None
+
+        async def relay_progress(progress: float, total: float | None, message: str | None) -> None:
+            await ctx.session.report_progress(progress, total, message)
+
+        started = time.monotonic()
+        try:
+            result = await self.upstream.call_tool(
+                params.name,
+                params.arguments,
+                progress_callback=relay_progress,
+                meta=_without_progress(params).meta,
+            )
+        except Exception as exc:  # the upstream died or broke the protocol: say so, audit it
+            reason = self.upstream_gone or f"the upstream MCP server failed: {exc}"
+            result = tool_error(f"The call was allowed but failed: {reason}.")
+        duration = int((time.monotonic() - started) * 1000)
+        await self._report(decision.call_id, result, duration)
+        return result
+
+    async def _report(self, call_id: str, result: types.CallToolResult, duration_ms: int) -> None:
+        message = protocol.Result(
+            call_id=call_id, is_error=bool(result.is_error), summary=_summary(result), duration_ms=duration_ms
+        )
+        try:
+            await self.link.request(message, connect_timeout=self.config.reconnect_grace)
+        except LinkError as exc:
+            log.warning("could not report the result of call %s: %s", call_id, exc)
+
+    async def _withdraw(self, call_id: str, reason: str) -> None:
+        self.link.forget(call_id)
+        try:
+            await self.link.request(protocol.Withdraw(call_id=call_id, reason=reason), connect_timeout=1.0)
+        except LinkError as exc:
+            log.info("could not withdraw call %s: %s", call_id, exc)
+
+    def _refusal(self, decision: protocol.Decision) -> str:
+        reason = decision.reason or decision.state
+        if decision.state == "expired":
+            return "The call was not run: nobody approved it in Signoff before its deadline."
+        if decision.state == "cancelled":
+            return f"The call was not run: it was cancelled ({reason})."
+        return f"The call was not run. Signoff: {reason}."
+
+    # --- plumbing -------------------------------------------------------------------------------------
+    async def on_upstream_message(self, message: Any) -> None:
+        """Relay the upstream's notifications to the client; keep tool hashes current."""
+        if isinstance(message, Exception):
+            log.warning("upstream transport error: %s", message)
+            return
+        if isinstance(message, types.ProgressNotification):
+            return  # relayed per request through progress_callback
+        if isinstance(message, types.ToolListChangedNotification):
+            try:
+                await self.refresh_tools()
+            except Exception as exc:
+                log.warning("could not re-read the upstream's tools: %s", exc)
+        if self.downstream is not None:
+            await self.downstream.send_notification(message)
+
+    def build_server(self) -> tuple[Server, NotificationOptions]:
+        """An MCP server offering exactly what the upstream offers."""
+        assert self.upstream is not None and self.init is not None
+        upstream = self.upstream
+        caps = self.init.capabilities
+
+        def forward(request_type: Any, result_type: Any) -> Any:
+            async def handler(ctx: ServerRequestContext, params: Any) -> Any:
+                return await upstream.send_request(
+                    request_type(params=_without_progress(params)), result_type
+                )
+
+            return handler
+
+        async def on_initialized(ctx: ServerRequestContext, params: Any) -> None:
+            self.downstream = ctx.session
+
+        async def on_ping(ctx: ServerRequestContext, params: Any) -> types.EmptyResult:
+            if self.upstream_gone:
+                raise RuntimeError(self.upstream_gone)
+            return await upstream.send_ping()
+
+        handlers: dict[str, Any] = {"on_ping": on_ping}
+        if caps.tools:
+            handlers.update(
+                on_list_tools=forward(types.ListToolsRequest, types.ListToolsResult),
+                on_call_tool=self.call_tool,
+            )
+        if caps.resources:
+            handlers.update(
+                on_list_resources=forward(types.ListResourcesRequest, types.ListResourcesResult),
+                on_list_resource_templates=forward(
+                    types.ListResourceTemplatesRequest, types.ListResourceTemplatesResult
+                ),
+                on_read_resource=forward(types.ReadResourceRequest, types.ReadResourceResult),
+            )
+            if caps.resources.subscribe:
+                handlers.update(
+                    on_subscribe_resource=forward(types.SubscribeRequest, types.EmptyResult),
+                    on_unsubscribe_resource=forward(types.UnsubscribeRequest, types.EmptyResult),
+                )
+        if caps.prompts:
+            handlers.update(
+                on_list_prompts=forward(types.ListPromptsRequest, types.ListPromptsResult),
+                on_get_prompt=forward(types.GetPromptRequest, types.GetPromptResult),
+            )
+        if caps.completions:
+            handlers.update(on_completion=forward(types.CompleteRequest, types.CompleteResult))
+        info = self.init.server_info
+        server = Server(info.name, version=info.version, instructions=self.init.instructions, **handlers)
+        server.add_notification_handler("notifications/initialized", types.NotificationParams, on_initialized)
+        options = NotificationOptions(
+            prompts_changed=bool(caps.prompts and caps.prompts.list_changed),
+            resources_changed=bool(caps.resources and caps.resources.list_changed),
+            tools_changed=bool(caps.tools and caps.tools.list_changed),
+        )
+        return server, options
+
+    def _transport(self) -> Any:
+        if self.config.upstream_url:
+            return streamable_http_client(self.config.upstream_url)
+        env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+        command, *args = self.config.upstream_command
+        return stdio_client(StdioServerParameters(command=command, args=args, env=env))
+
+    async def serve(self) -> int:
+        """Run until the client closes stdin (0) or the upstream goes away (1)."""
+        what = self.config.upstream_url or " ".join(self.config.upstream_command)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self.link.run)
+            try:
+                async with self._transport() as streams:
+                    read, write = streams[0], streams[1]
+                    async with Upstream(read, write, message_handler=self.on_upstream_message) as upstream:
+                        self.upstream = upstream
+                        with anyio.fail_after(30):
+                            self.init = await upstream.initialize()
+                        await self.refresh_tools()
+                        server, options = self.build_server()
+                        log.info(
+                            "fronting %s %s (%d tools) as '%s'",
+                            self.init.server_info.name,
+                            self.init.server_info.version,
+                            len(self.tools),
+                            self.config.name,
+                        )
+                        async with stdio_server() as (client_read, client_write):
+                            await server.run(
+                                client_read, client_write, server.create_initialization_options(options)
+                            )
+                exit_code = 0
+            except Exception as exc:
+                log.error("the upstream MCP server (%s) stopped: %s", what, _root_cause(exc))
+                exit_code = 1
+            tasks.cancel_scope.cancel()
+        return exit_code
+
+
+def _root_cause(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
