@@ -18,10 +18,14 @@ READ_ROLES = frozenset(Membership.Role.values)
 
 
 def membership_for(user: AnyUser, team: Team) -> Membership | None:
-    """The user's membership in the team, or None (also for anonymous and inactive users)."""
+    """The user's membership in the team, or None (also for anonymous and inactive users).
+
+    Whether the user is still active is read from the database too: a socket keeps the user object it
+    had at connect, and a deactivation must count at once.
+    """
     if not user.is_authenticated or not user.is_active:
         return None
-    return Membership.objects.filter(team=team, user_id=user.pk).first()
+    return Membership.objects.filter(team=team, user_id=user.pk, user__is_active=True).first()
 
 
 def teams_for(user: AnyUser) -> list[Team]:

@@ -47,7 +47,7 @@ class BridgeConsumer(AsyncWebsocketConsumer):
                     "Ask your Signoff admin for a new one and put it in SIGNOFF_TOKEN.",
                 )
             )
-            await self.close(code=protocol.CLOSE_UNAUTHORIZED)
+            await self.close(code=protocol.CLOSE_UNAUTHORIZED, reason="token unknown, expired or revoked")
             return
         await self.channel_layer.group_add(realtime.bridge_group(self.token.pk), self.channel_name)
         client = self.scope.get("client") or (None, None)
@@ -66,7 +66,13 @@ class BridgeConsumer(AsyncWebsocketConsumer):
             await self._send(protocol.Error(code=exc.code, message=exc.message, ref=exc.ref))
             return
         if self.upstream is None and not isinstance(message, protocol.Hello):
-            await self._send(protocol.Error(code="hello_required", message="send hello before anything else"))
+            await self._send(
+                protocol.Error(
+                    code="hello_required",
+                    message="send hello before anything else",
+                    ref=getattr(message, "ref", None),
+                )
+            )
             return
         try:
             await self._dispatch(message)
@@ -136,7 +142,7 @@ class BridgeConsumer(AsyncWebsocketConsumer):
                     f"{hello.protocol}: upgrade mcpbridge or the server",
                 )
             )
-            await self.close(code=protocol.CLOSE_PROTOCOL)
+            await self.close(code=protocol.CLOSE_PROTOCOL, reason="unsupported protocol version")
             return
         self.upstream = hello.upstream
         self.tools = {tool.name: tool.hash for tool in hello.tools}
@@ -168,7 +174,7 @@ class BridgeConsumer(AsyncWebsocketConsumer):
         await self._send(
             protocol.Error(code="revoked", message=f"Signoff closed this bridge: {event['reason']}")
         )
-        await self.close(code=protocol.CLOSE_REVOKED)
+        await self.close(code=protocol.CLOSE_REVOKED, reason="token revoked")
 
 
 class ReviewConsumer(AsyncWebsocketConsumer):

@@ -6,6 +6,7 @@ Models hold data and invariants; every state change goes through ``approvals.ser
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import ClassVar
 
 from django.conf import settings
@@ -72,7 +73,7 @@ class BridgeToken(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
 
-    def is_usable(self, *, now: timezone.datetime | None = None) -> bool:
+    def is_usable(self, *, now: datetime | None = None) -> bool:
         """Not revoked and not past its expiry."""
         now = now or timezone.now()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)

@@ -106,7 +106,9 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # redis-py 8 defaults socket_timeout to 5 s, which aborts the layer's blocking BZPOPMIN
+                # on idle sockets (channels_redis#422): a blocking read must have no client timeout.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
                 "prefix": SIGNOFF_CHANNEL_PREFIX,
                 "capacity": 1000,
                 "expiry": 30,

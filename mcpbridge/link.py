@@ -22,6 +22,15 @@ from mcpbridge import protocol
 log = logging.getLogger("mcpbridge.link")
 
 
+REFUSAL_CODES = frozenset({"unauthorized", "revoked", "unsupported_protocol"})
+FATAL_TEXT = {
+    protocol.CLOSE_UNAUTHORIZED: "Signoff refused the token in SIGNOFF_TOKEN (unknown, expired or revoked); "
+    "ask your Signoff admin for a new one",
+    protocol.CLOSE_REVOKED: "Signoff closed this bridge: its token was revoked or its owner removed",
+    protocol.CLOSE_PROTOCOL: "Signoff does not speak this bridge's protocol version; upgrade mcpbridge",
+}
+
+
 class LinkError(Exception):
     """No usable answer from Signoff: the call must not run. The message says why."""
 
@@ -77,6 +86,7 @@ class SignoffLink:
         self._answers: dict[str, protocol.Decision | protocol.Error] = {}
         self._watches: dict[str, CallWatch] = {}
         self._refs = itertools.count(1)
+        self._refusal = ""
         self.fatal: str | None = None
         """Set when the server refused us for good (bad or revoked token, protocol version)."""
         self.down_since: float | None = time.monotonic()
@@ -96,6 +106,9 @@ class SignoffLink:
             try:
                 await self._session()
                 delay = 0.25
+            except websockets.exceptions.ConnectionClosed as exc:
+                frame = exc.rcvd
+                self._on_close(frame.code if frame else None, frame.reason if frame else "")
             except (OSError, websockets.exceptions.WebSocketException, LinkError, TimeoutError) as exc:
                 self.last_error = _describe_failure(exc)
                 log.warning("Signoff link: %s", self.last_error)
@@ -150,12 +163,14 @@ class SignoffLink:
                     pass
         except websockets.exceptions.ConnectionClosed:
             pass
+        if error.code in REFUSAL_CODES:
+            self._refusal = error.message
         self.last_error = error.message
         self._on_close(socket.close_code, error.message)
 
     def _on_close(self, code: int | None, reason: str | None) -> None:
         if code in protocol.FATAL_CLOSE_CODES:
-            self.fatal = self.last_error if self.last_error else (reason or f"closed with code {code}")
+            self.fatal = self._refusal or FATAL_TEXT.get(code, f"Signoff closed the connection ({code})")
             log.error("Signoff refused this bridge: %s", self.fatal)
         else:
             self.last_error = f"connection to Signoff lost (code {code})"
@@ -183,8 +198,8 @@ class SignoffLink:
             return
         if isinstance(message, protocol.Error):
             log.warning("Signoff error %s: %s", message.code, message.message)
-            if message.code in {"revoked", "unauthorized"}:
-                self.last_error = message.message
+            if message.code in REFUSAL_CODES:
+                self._refusal = message.message
             if message.ref and message.ref in self._replies:
                 self._answers[message.ref] = message
                 self._replies[message.ref].set()

@@ -25,6 +25,8 @@ MAX_REASON_LENGTH = 1000
 MAX_SUMMARY_LENGTH = 2000
 MAX_TOOLS = 1000
 MAX_STATUS_IDS = 1000
+MAX_DEPTH = 64
+"""Deepest nesting of objects and arrays in a frame (arguments are shown to reviewers and stored)."""
 
 # Close codes (4000-4999 are application codes in RFC 6455).
 CLOSE_UNAUTHORIZED = 4401
@@ -190,16 +192,85 @@ class ProtocolError(Exception):
         self.ref = ref
 
 
+def _utf8_size(text: str | bytes) -> int:
+    """The size of a frame on the wire, in bytes: a text frame travels as UTF-8."""
+    if isinstance(text, bytes):
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
 def _load(text: str | bytes) -> Any:
-    if len(text) > MAX_FRAME_BYTES:
+    """Decode a frame into a JSON object, enforcing the frame size limit in bytes."""
+    if len(text) > MAX_FRAME_BYTES or _utf8_size(text) > MAX_FRAME_BYTES:
         raise ProtocolError("frame_too_large", f"frame is larger than {MAX_FRAME_BYTES} bytes")
     try:
         data = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError("malformed_json", f"frame is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("malformed_json", "frame is nested too deeply") from None
     if not isinstance(data, dict):
         raise ProtocolError("malformed_frame", "frame must be a JSON object")
+    # Text that no database, hash or UTF-8 encoder accepts can only come from a \u escape, so the walk
+    # runs only when the frame holds one.
+    escaped = b"\\u" in text if isinstance(text, bytes) else "\\u" in text
+    if escaped and _holds_unstorable_text(data):
+        ref = data.get("ref")
+        raise ProtocolError(
+            "invalid_message",
+            "frame holds a string with a NUL character or a lone surrogate, which Signoff cannot store",
+            ref=ref if isinstance(ref, str) and not _holds_unstorable_text(ref) else None,
+        )
+    if _nesting(text) > MAX_DEPTH and _depth(data) > MAX_DEPTH:
+        ref = data.get("ref")
+        raise ProtocolError(
+            "invalid_message",
+            f"frame is nested more than {MAX_DEPTH} levels deep",
+            ref=ref if isinstance(ref, str) else None,
+        )
     return data
+
+
+def _nesting(text: str | bytes) -> int:
+    """An upper bound of the nesting depth, cheap enough for every frame: the count of openings."""
+    if isinstance(text, bytes):
+        return text.count(b"{") + text.count(b"[")
+    return text.count("{") + text.count("[")
+
+
+def _depth(value: Any) -> int:
+    """The real nesting depth of a decoded JSON value (0 for a scalar)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((child, level + 1) for child in item.values())
+            deepest = max(deepest, level + 1)
+        elif isinstance(item, list):
+            stack.extend((child, level + 1) for child in item)
+            deepest = max(deepest, level + 1)
+    return deepest
+
+
+def _holds_unstorable_text(value: Any) -> bool:
+    """True if any string in the decoded JSON value (keys included) has a NUL or a lone surrogate."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return True
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                return True
+    return False
 
 
 def _describe(exc: ValidationError) -> str:
@@ -216,7 +287,7 @@ def parse_bridge_message(text: str | bytes) -> Hello | Tools | Call | Claim | Re
         message = _bridge_adapter.validate_python(data)
     except ValidationError as exc:
         raise ProtocolError("invalid_message", _describe(exc), ref=ref) from None
-    if isinstance(message, Call) and len(canonical_json(message.arguments)) > MAX_ARGUMENTS_BYTES:
+    if isinstance(message, Call) and len(canonical_json(message.arguments).encode()) > MAX_ARGUMENTS_BYTES:
         raise ProtocolError(
             "arguments_too_large", f"arguments are larger than {MAX_ARGUMENTS_BYTES} bytes", ref=ref
         )

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import anyio.abc
 import mcp.types as types
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -28,6 +29,10 @@ log = logging.getLogger("mcpbridge")
 # Variables the bridge never hands to the upstream: they are Signoff's, not the upstream's.
 PRIVATE_ENV = ("SIGNOFF_TOKEN", "SIGNOFF_TOKEN_FILE")
 PROGRESS_EVERY = 5.0
+SERVER_EXPIRY_GRACE = 5.0
+"""Seconds past the server's deadline the bridge waits for the server's own "expired" before giving up."""
+REPORT_FLUSH_SECONDS = 3.0
+"""On exit, how long the bridge waits for results it still has to report to Signoff."""
 SUMMARY_LENGTH = 500
 
 
@@ -120,6 +125,8 @@ class Bridge:
         self.tools: dict[str, protocol.ToolInfo] = {}
         self.downstream: Any = None
         self.upstream_gone: str | None = None
+        self._background: anyio.abc.TaskGroup | None = None
+        self._reporting: set[str] = set()
         self.link = SignoffLink(url=config.signoff_url, token=config.token, hello=self._hello)
 
     # --- what Signoff is told ------------------------------------------------------------------------
@@ -145,8 +152,8 @@ class Bridge:
         tools: dict[str, protocol.ToolInfo] = {}
         cursor: str | None = None
         while True:
-            page = (
-                await self.upstream.list_tools(cursor=cursor) if cursor else await self.upstream.list_tools()
+            page = await self.upstream.list_tools(
+                params=types.PaginatedRequestParams(cursor=cursor) if cursor else None
             )
             for tool in page.tools:
                 tools[tool.name] = _tool_info(tool)
@@ -165,6 +172,12 @@ class Bridge:
         arguments = params.arguments or {}
         if self.upstream_gone:
             return tool_error(f"The call was not run: {self.upstream_gone}.")
+        size = len(protocol.canonical_json(arguments).encode("utf-8", "surrogatepass"))
+        if size > protocol.MAX_ARGUMENTS_BYTES:
+            return tool_error(
+                f"The call was not run: its arguments are {size} bytes, more than Signoff accepts "
+                f"({protocol.MAX_ARGUMENTS_BYTES} bytes). Split the work into smaller calls."
+            )
         try:
             decision = await self.link.request(
                 protocol.Call(
@@ -178,17 +191,17 @@ class Bridge:
         except LinkError as exc:
             return tool_error(f"The call was not run: Signoff could not approve it ({exc}).")
         try:
-            decision = await self._wait(ctx, decision)
+            outcome = await self._wait(ctx, decision)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True), anyio.move_on_after(3):
                 await self._withdraw(decision.call_id, "cancelled by the MCP client")
             raise
-        if isinstance(decision, types.CallToolResult):
-            return decision
-        if decision.state != "allowed":
-            self.link.forget(decision.call_id)
-            return tool_error(self._refusal(decision))
-        return await self._run(ctx, params, decision)
+        if isinstance(outcome, types.CallToolResult):
+            return outcome
+        if outcome.state != "allowed":
+            self.link.forget(outcome.call_id)
+            return tool_error(self._refusal(outcome))
+        return await self._run(ctx, params, outcome)
 
     async def _wait(
         self, ctx: ServerRequestContext, decision: protocol.Decision
@@ -203,13 +216,13 @@ class Bridge:
         while watch.latest.state == "pending":
             now = time.monotonic()
             server_left = _seconds_until(watch.latest.deadline)
-            if (own_deadline is not None and now >= own_deadline) or (
-                server_left is not None and server_left <= 0
-            ):
-                await self._withdraw(decision.call_id, "the bridge's deadline passed")
-                return protocol.Decision(
-                    call_id=decision.call_id, state="expired", reason="no decision before the deadline"
-                )
+            if own_deadline is not None and now >= own_deadline:
+                await self._withdraw(decision.call_id, "the bridge's own deadline (--timeout) passed")
+                return protocol.Decision(call_id=decision.call_id, state="expired")
+            if server_left is not None and server_left <= -SERVER_EXPIRY_GRACE:
+                # The server should have said "expired" by now; whatever it says later, this call is over.
+                self.link.forget(decision.call_id)
+                return protocol.Decision(call_id=decision.call_id, state="expired")
             if self.link.fatal:
                 return tool_error(f"The call was not run: {self.link.fatal}.")
             if self.link.down_since is not None and now - self.link.down_since >= self.config.reconnect_grace:
@@ -231,7 +244,8 @@ class Bridge:
                 last_progress = now
                 waited = int(now - started)
                 await ctx.session.report_progress(waited, None, "waiting for approval in Signoff…")
-            if now - last_poll >= self.config.poll_interval:
+            overdue = server_left is not None and server_left <= 0
+            if now - last_poll >= (1.0 if overdue else self.config.poll_interval):
                 last_poll = now
                 await self.link.send(protocol.Status(call_ids=[decision.call_id]))
             with anyio.move_on_after(min(1.0, max(0.01, client_limit - now))):
@@ -272,17 +286,22 @@ class Bridge:
             reason = self.upstream_gone or f"the upstream MCP server failed: {exc}"
             result = tool_error(f"The call was allowed but failed: {reason}.")
         duration = int((time.monotonic() - started) * 1000)
-        await self._report(decision.call_id, result, duration)
+        # The audit report must not delay the answer: the client gets its result now.
+        assert self._background is not None
+        self._background.start_soon(self._report, decision.call_id, result, duration)
         return result
 
     async def _report(self, call_id: str, result: types.CallToolResult, duration_ms: int) -> None:
         message = protocol.Result(
             call_id=call_id, is_error=bool(result.is_error), summary=_summary(result), duration_ms=duration_ms
         )
+        self._reporting.add(call_id)
         try:
             await self.link.request(message, connect_timeout=self.config.reconnect_grace)
         except LinkError as exc:
             log.warning("could not report the result of call %s: %s", call_id, exc)
+        finally:
+            self._reporting.discard(call_id)
 
     async def _withdraw(self, call_id: str, reason: str) -> None:
         self.link.forget(call_id)
@@ -383,12 +402,16 @@ class Bridge:
     async def serve(self) -> int:
         """Run until the client closes stdin (0) or the upstream goes away (1)."""
         what = self.config.upstream_url or " ".join(self.config.upstream_command)
+        exit_code = 0
         async with anyio.create_task_group() as tasks:
+            self._background = tasks
             tasks.start_soon(self.link.run)
             try:
-                async with self._transport() as streams:
-                    read, write = streams[0], streams[1]
-                    async with Upstream(read, write, message_handler=self.on_upstream_message) as upstream:
+                async with self._transport() as streams, anyio.create_task_group() as session_tasks:
+                    read = await self._watch_upstream(streams[0], session_tasks, what)
+                    async with Upstream(
+                        read, streams[1], message_handler=self.on_upstream_message
+                    ) as upstream:
                         self.upstream = upstream
                         with anyio.fail_after(30):
                             self.init = await upstream.initialize()
@@ -405,12 +428,37 @@ class Bridge:
                             await server.run(
                                 client_read, client_write, server.create_initialization_options(options)
                             )
-                exit_code = 0
+                    session_tasks.cancel_scope.cancel()
             except Exception as exc:
-                log.error("the upstream MCP server (%s) stopped: %s", what, _root_cause(exc))
+                if not self.upstream_gone:
+                    log.error("the upstream MCP server (%s) stopped: %s", what, _root_cause(exc))
+            if self.upstream_gone:
                 exit_code = 1
+            with anyio.move_on_after(REPORT_FLUSH_SECONDS):  # let audit reports in flight reach Signoff
+                while self._reporting:  # noqa: ASYNC110 - a short, bounded poll at exit
+                    await anyio.sleep(0.05)
             tasks.cancel_scope.cancel()
         return exit_code
+
+    async def _watch_upstream(self, read: Any, tasks: anyio.abc.TaskGroup, what: str) -> Any:
+        """Relay the upstream's messages, noticing when its stream ends (it exited or hung up).
+
+        Then calls in flight get their error answer, the exit is logged, and the bridge exits with 1:
+        an MCP client shows a dead server better than a live one whose every call fails.
+        """
+        relay_send, relay_read = anyio.create_memory_object_stream[Any](0)
+
+        async def relay() -> None:
+            async with relay_send:
+                async for message in read:
+                    await relay_send.send(message)
+            self.upstream_gone = f"the upstream MCP server ({what}) exited"
+            log.error("%s; mcpbridge stops too. Check the server's own messages above.", self.upstream_gone)
+            await anyio.sleep(1.0)  # let the answers to calls in flight reach the client
+            tasks.cancel_scope.cancel()
+
+        tasks.start_soon(relay)
+        return relay_read
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -2,7 +2,9 @@
 call never reached it. Run as ``python tests/upstream_server.py`` (stdio) with ``UPSTREAM_LOG=path``.
 
 Tools: ``echo`` (returns its text), ``write_file`` (pretends to write; destructive), ``slow`` (sleeps,
-reporting progress), ``crash`` (exits the process). Also one resource and one prompt.
+reporting progress), ``crash`` (exits the process), ``grow`` (adds a tool ``extra``
+and sends ``notifications/tools/list_changed``). Also one resource and one prompt.
+With ``--http PORT`` it serves streamable HTTP at ``http://127.0.0.1:PORT/mcp`` instead.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ TOOLS = [
         input_schema={"type": "object", "properties": {"seconds": {"type": "number"}}},
     ),
     types.Tool(name="crash", description="Exit the server process.", input_schema={"type": "object"}),
+    types.Tool(
+        name="grow",
+        description="Add a tool named 'extra' and announce the changed tool list.",
+        input_schema={"type": "object"},
+    ),
 ]
 
 
@@ -75,6 +82,15 @@ async def call_tool(ctx: ServerRequestContext, params: types.CallToolRequestPara
             await anyio.sleep(seconds / steps)
             await ctx.session.report_progress(step + 1, steps, "working")
         return types.CallToolResult(content=[types.TextContent(type="text", text=f"slept {seconds}s")])
+    if params.name == "grow":
+        if not any(tool.name == "extra" for tool in TOOLS):
+            TOOLS.append(
+                types.Tool(name="extra", description="Added at run time.", input_schema={"type": "object"})
+            )
+        await ctx.session.send_tool_list_changed()
+        return types.CallToolResult(content=[types.TextContent(type="text", text="grown")])
+    if params.name == "extra":
+        return types.CallToolResult(content=[types.TextContent(type="text", text="extra ran")])
     if params.name == "crash":
         sys.stderr.write("upstream_server: crashing on request\n")
         sys.stderr.flush()
@@ -122,7 +138,18 @@ server = Server(
 )
 
 
+async def serve_http(port: int) -> None:
+    import uvicorn
+
+    app = server.streamable_http_app(streamable_http_path="/mcp")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    await uvicorn.Server(config).serve()
+
+
 async def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--http":
+        await serve_http(int(sys.argv[2]))
+        return
     async with stdio_server() as (read, write):
         await server.run(
             read, write, server.create_initialization_options(NotificationOptions(tools_changed=True))

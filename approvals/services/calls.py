@@ -13,6 +13,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from approvals import access, policy, realtime
@@ -48,16 +49,18 @@ class Submitted:
     reattached: bool
 
 
+def _with_relations() -> QuerySet[ToolCall]:
+    """Calls with every relation that answers and events read: async callers (consumers) get a call
+    they can read without a lazy query, which they may not run."""
+    return ToolCall.objects.select_related("team", "token", "requester", "decided_by")
+
+
 def _load(call_id: str, **filters: Any) -> ToolCall:
     try:
         key = uuid.UUID(call_id)
     except (ValueError, TypeError, AttributeError):
         raise CallNotFound(call_id) from None
-    call = (
-        ToolCall.objects.select_related("team", "token", "requester", "decided_by")
-        .filter(pk=key, **filters)
-        .first()
-    )
+    call = _with_relations().filter(pk=key, **filters).first()
     if call is None:
         raise CallNotFound(call_id)
     return call
@@ -95,14 +98,17 @@ def call_submit(
             or (row["expires_at"] and row["expires_at"] <= now)
         ):
             raise TokenUnusable()
+        # Lock the call row only: decided_by is a nullable (outer) join, which PostgreSQL cannot lock.
         existing = (
-            ToolCall.objects.select_for_update()
+            ToolCall.objects.select_for_update(of=("self",))
             .select_related("team", "token", "requester", "decided_by")
             .filter(
                 token=token,
                 server=server,
                 tool=tool,
                 arguments_hash=args_hash,
+                # An approval is bound to the tool as it was: a changed or vanished tool is a new call.
+                tool_hash=tool_hash or "",
                 state__in=[State.PENDING, State.ALLOWED],
                 started_at__isnull=True,
                 deadline__gt=now,
@@ -199,7 +205,7 @@ def call_report_result(
         )
         if not changed:
             raise CallAlreadyDecided(call)
-        call.refresh_from_db()
+        call.refresh_from_db(from_queryset=_with_relations())
         audit_record(
             kind=f"call.{state}",
             team=call.team,
@@ -220,7 +226,7 @@ def call_withdraw(*, token: BridgeToken, call_id: str, reason: str) -> ToolCall:
         changed = ToolCall.objects.filter(
             pk=call.pk, state__in=[State.PENDING, State.ALLOWED], started_at__isnull=True
         ).update(state=State.CANCELLED, reason=reason or "cancelled by the client", finished_at=now)
-        call.refresh_from_db()
+        call.refresh_from_db(from_queryset=_with_relations())
         if changed:
             audit_record(kind="call.cancelled", team=call.team, token=token, call=call, reason=call.reason)
             realtime.call_changed(call)
@@ -244,7 +250,7 @@ def call_decide(
     with transaction.atomic():
         call = _load(call_id)
         access.require_decide(reviewer, call)
-        reason = reason.strip()[:1000]
+        reason = reason.replace("\x00", "").strip()[:1000]  # PostgreSQL text has no NUL
         if allow:
             who = reviewer.get_username()
             text = f"allowed by {who}" + (f": {reason}" if reason else "")
@@ -258,43 +264,52 @@ def call_decide(
             decided_via=ToolCall.DecidedVia.HUMAN,
         )
         if not changed:
+            # Nothing may raise in here, or the expiry below would be rolled back with the transaction.
+            call.refresh_from_db(from_queryset=_with_relations())  # the state that won, for the refusal
             if call.state == State.PENDING:  # past its deadline; the sweeper had not reached it yet
                 _expire(call, now=now)
-            raise CallAlreadyDecided(call)
-        call.refresh_from_db()
-        rule = None
-        if allow and always_allow:
-            rule = Rule.objects.create(
-                team=call.team,
-                effect=Rule.Effect.ALLOW,
-                server=call.server,
-                tool=call.tool,
-                note=f"Always-Allow from call {call.pk}",
-                created_by_id=reviewer.pk,
-                created_from_call=call,
-            )
-            audit_record(
-                kind="rule.created",
-                team=call.team,
-                actor_id=reviewer.pk,
-                call=call,
-                rule=rule.pk,
-                effect=rule.effect,
-                server=rule.server,
-                tool=rule.tool,
-            )
+        else:
+            _record_decision(call, reviewer=reviewer, text=text, always_allow=allow and always_allow)
+    if not changed:
+        raise CallAlreadyDecided(call)
+    return call
+
+
+def _record_decision(call: ToolCall, *, reviewer: AbstractBaseUser, text: str, always_allow: bool) -> None:
+    """Audit and broadcast a reviewer's decision (and its Always-Allow rule), inside its transaction."""
+    call.refresh_from_db()
+    rule = None
+    if always_allow:
+        rule = Rule.objects.create(
+            team=call.team,
+            effect=Rule.Effect.ALLOW,
+            server=call.server,
+            tool=call.tool,
+            note=f"Always-Allow from call {call.pk}",
+            created_by_id=reviewer.pk,
+            created_from_call=call,
+        )
         audit_record(
-            kind=f"call.{call.state}",
+            kind="rule.created",
             team=call.team,
             actor_id=reviewer.pk,
-            token=call.token,
             call=call,
-            reason=text,
-            always_allow=rule.pk if rule else None,
+            rule=rule.pk,
+            effect=rule.effect,
+            server=rule.server,
+            tool=rule.tool,
         )
-        realtime.call_changed(call)
-        realtime.decision_changed(call)
-    return call
+    audit_record(
+        kind=f"call.{call.state}",
+        team=call.team,
+        actor_id=reviewer.pk,
+        token=call.token,
+        call=call,
+        reason=text,
+        always_allow=rule.pk if rule else None,
+    )
+    realtime.call_changed(call)
+    realtime.decision_changed(call)
 
 
 def _expire(call: ToolCall, *, now: Any) -> bool:
@@ -328,22 +343,29 @@ def calls_expire_due() -> int:
 
 
 def calls_deny_for_token(*, token: BridgeToken, reason: str) -> int:
-    """Deny every held call of a token (it was revoked or its owner removed). Inside the caller's atomic."""
+    """Deny every held call of a token (it was revoked or its owner removed). Inside the caller's atomic.
+
+    Returns how many calls this denied; a call decided concurrently keeps that decision.
+    """
     now = timezone.now()
     held = list(
-        ToolCall.objects.select_related("team", "token", "requester", "decided_by").filter(
+        _with_relations().filter(
             token=token, state__in=[State.PENDING, State.ALLOWED], started_at__isnull=True
         )
     )
+    denied = 0
     for call in held:
-        ToolCall.objects.filter(pk=call.pk, state=call.state, started_at__isnull=True).update(
+        changed = ToolCall.objects.filter(pk=call.pk, state=call.state, started_at__isnull=True).update(
             state=State.DENIED, reason=reason, decided_at=now, decided_via=ToolCall.DecidedVia.SYSTEM
         )
-        call.refresh_from_db()
+        if not changed:
+            continue
+        denied += 1
+        call.refresh_from_db(from_queryset=_with_relations())
         audit_record(kind="call.denied", team=call.team, token=token, call=call, reason=reason)
         realtime.call_changed(call)
         realtime.decision_changed(call)
-    return len(held)
+    return denied
 
 
 def call_states_for_bridge(*, token: BridgeToken, call_ids: list[str]) -> list[ToolCall]:

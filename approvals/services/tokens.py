@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from datetime import datetime
 
-from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -17,6 +18,9 @@ from approvals.services.audit import audit_record
 
 TOKEN_MARK = "sgo_"
 PREFIX_LENGTH = 8
+# What token_issue makes; anything else is refused before it reaches the database (which may refuse
+# some text outright: PostgreSQL has no NUL character).
+_TOKEN_SHAPE = re.compile(rf"{TOKEN_MARK}[0-9a-f]{{{PREFIX_LENGTH}}}_[A-Za-z0-9_-]{{1,100}}")
 
 
 def _hash(raw: str) -> str:
@@ -24,9 +28,12 @@ def _hash(raw: str) -> str:
 
 
 def token_issue(
-    *, team: Team, user: AbstractUser, name: str, expires_at: datetime | None = None
+    *, team: Team, user: User, name: str, expires_at: datetime | None = None, by: User | None = None
 ) -> tuple[BridgeToken, str]:
-    """Create a token and return it with its raw value, which is never stored and shown only now."""
+    """Create a token and return it with its raw value, which is never stored and shown only now.
+
+    ``by`` is whoever issued it, when not the owner (an admin, an operator's command).
+    """
     with transaction.atomic():
         while True:
             prefix = secrets.token_hex(PREFIX_LENGTH // 2)
@@ -36,13 +43,15 @@ def token_issue(
         token = BridgeToken.objects.create(
             team=team, user=user, name=name, prefix=prefix, secret_hash=_hash(raw), expires_at=expires_at
         )
-        audit_record(kind="token.issued", team=team, actor_id=user.pk, token=token, name=name, prefix=prefix)
+        audit_record(
+            kind="token.issued", team=team, actor_id=(by or user).pk, token=token, name=name, prefix=prefix
+        )
     return token, raw
 
 
 def token_authenticate(raw: str) -> BridgeToken | None:
     """The usable token with this raw value, or None. Constant-time compare of the hash."""
-    if not raw.startswith(TOKEN_MARK) or len(raw) > 200:
+    if len(raw) > 200 or not _TOKEN_SHAPE.fullmatch(raw):
         return None
     prefix = raw[len(TOKEN_MARK) : len(TOKEN_MARK) + PREFIX_LENGTH]
     token = BridgeToken.objects.select_related("team", "user").filter(prefix=prefix).first()
@@ -58,7 +67,7 @@ def token_touch(*, token: BridgeToken, address: str | None) -> None:
     BridgeToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now(), last_used_ip=address)
 
 
-def token_revoke(*, token: BridgeToken, by: AbstractUser | None, reason: str = "token revoked") -> bool:
+def token_revoke(*, token: BridgeToken, by: User | None, reason: str = "token revoked") -> bool:
     """Revoke a token at once: its open bridges are closed and its held calls denied.
 
     Returns False when it was already revoked.

@@ -3,8 +3,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import IntegrityError
+from django.utils.text import slugify
 
-from approvals.models import Team
 from approvals.services.teams import team_create
 
 
@@ -20,8 +21,7 @@ class Command(BaseCommand):
             team = team_create(name=name, slug=slug)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        except Exception as exc:
-            if Team.objects.filter(slug=slug or name).exists():
-                raise CommandError(f"A team with slug {slug or name!r} exists already.") from None
-            raise exc
+        except IntegrityError:
+            # team_create made the slug from the name when none was given: name the one it made.
+            raise CommandError(f"A team with slug {slug or slugify(name)!r} exists already.") from None
         self.stdout.write(team.slug)
