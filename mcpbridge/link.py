@@ -7,6 +7,7 @@ raises :class:`LinkError` with a reason a person (and a model) can act on.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import random
 import time
@@ -22,6 +23,9 @@ from mcpbridge import protocol
 log = logging.getLogger("mcpbridge.link")
 
 
+REQUEST_ATTEMPTS = 3
+BAD_ANSWER = "bad_answer"
+"""Not a server code: the bridge's own mark for an answer it could not parse."""
 REFUSAL_CODES = frozenset({"unauthorized", "revoked", "unsupported_protocol"})
 FATAL_TEXT = {
     protocol.CLOSE_UNAUTHORIZED: "Signoff refused the token in SIGNOFF_TOKEN (unknown, expired or revoked); "
@@ -109,7 +113,13 @@ class SignoffLink:
             except websockets.exceptions.ConnectionClosed as exc:
                 frame = exc.rcvd
                 self._on_close(frame.code if frame else None, frame.reason if frame else "")
-            except (OSError, websockets.exceptions.WebSocketException, LinkError, TimeoutError) as exc:
+            except (
+                OSError,
+                websockets.exceptions.WebSocketException,
+                LinkError,
+                TimeoutError,
+                protocol.ProtocolError,
+            ) as exc:
                 self.last_error = _describe_failure(exc)
                 log.warning("Signoff link: %s", self.last_error)
             self._went_down()
@@ -194,7 +204,11 @@ class SignoffLink:
         try:
             message = protocol.parse_server_message(frame)
         except protocol.ProtocolError as exc:
-            log.warning("ignored a malformed frame from Signoff: %s", exc.message)
+            log.warning("malformed frame from Signoff: %s", exc.message)
+            ref = _ref_of(frame)
+            if ref in self._replies:  # fail the request it answers now, rather than at its timeout
+                self._answers[ref] = protocol.Error(code=BAD_ANSWER, message=exc.message)
+                self._replies[ref].set()
             return
         if isinstance(message, protocol.Error):
             log.warning("Signoff error %s: %s", message.code, message.message)
@@ -228,27 +242,32 @@ class SignoffLink:
     async def request(self, message: protocol.Message, *, connect_timeout: float) -> protocol.Decision:
         """Send a request with a fresh ``ref`` and return the decision answering it.
 
-        Retries on a new connection if the old one drops before the answer (every request is idempotent
-        on the server: a repeated call re-attaches, a repeated claim fails harmlessly).
+        Waits up to ``connect_timeout`` for a connection, then up to ``answer_timeout`` for the answer.
+        If the connection drops first, the request is sent again on the next one (every request is
+        idempotent on the server: a repeated call re-attaches, a repeated claim fails harmlessly), at most
+        ``REQUEST_ATTEMPTS`` times.
         """
-        give_up = time.monotonic() + connect_timeout + self.answer_timeout
-        while True:
-            await self.wait_connected(max(0.0, give_up - time.monotonic()) or 0.01)
+        for _ in range(REQUEST_ATTEMPTS):
+            await self.wait_connected(connect_timeout)
             ref = f"r{next(self._refs)}"
             event = anyio.Event()
             self._replies[ref] = event
+            answered_in_time = False
             try:
                 socket = self._socket
                 assert socket is not None
                 await socket.send(protocol.encode(message.model_copy(update={"ref": ref})))
                 with anyio.move_on_after(self.answer_timeout):
                     await event.wait()
+                    answered_in_time = True
                 answer = self._answers.pop(ref, None)
             except websockets.exceptions.ConnectionClosed:
                 answer = None
             finally:
                 self._replies.pop(ref, None)
             if isinstance(answer, protocol.Error):
+                if answer.code == BAD_ANSWER:
+                    raise LinkError(f"Signoff sent an answer the bridge cannot read ({answer.message})")
                 raise LinkError(f"Signoff refused the request: {answer.message}")
             if answer is not None:
                 if answer.call_id not in self._watches:
@@ -258,8 +277,9 @@ class SignoffLink:
                 return answer
             if self.fatal:
                 raise LinkError(self.fatal)
-            if time.monotonic() >= give_up:
-                raise LinkError(f"no answer from Signoff within {self.answer_timeout:.0f}s")
+            if not answered_in_time and self.connected:
+                raise LinkError(f"no answer from Signoff within {self.answer_timeout:.0f} s")
+        raise LinkError(f"the connection to Signoff dropped {REQUEST_ATTEMPTS} times before it answered")
 
     async def send(self, message: protocol.Message) -> bool:
         """Fire-and-forget (status polls). False when not connected."""
@@ -285,7 +305,19 @@ class SignoffLink:
             await self._socket.close()
 
 
+def _ref_of(frame: str | bytes) -> str:
+    """The ``ref`` of a frame that did not parse as a message, if it is JSON with one."""
+    try:
+        data = json.loads(frame)
+    except (ValueError, RecursionError):
+        return ""
+    ref = data.get("ref") if isinstance(data, dict) else None
+    return ref if isinstance(ref, str) else ""
+
+
 def _describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, protocol.ProtocolError):
+        return f"Signoff answered with a malformed frame ({exc.message})"
     if isinstance(exc, websockets.exceptions.InvalidStatus):
         return f"Signoff answered HTTP {exc.response.status_code} at the bridge endpoint"
     if isinstance(exc, ConnectionRefusedError):

@@ -45,7 +45,7 @@ print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' "$SIGNOFF_ROO
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         echo "Installing Signoff and its dependencies into $SIGNOFF_VENV ([$extras])…" >&2
         rm -f "$stamp"
-        (cd "$SIGNOFF_ROOT" && "$SIGNOFF_VENV/bin/python" -m pip install --quiet -e ".[$extras]") || return 1
+        (cd "$SIGNOFF_ROOT" && "$SIGNOFF_VENV/bin/python" -m pip install -qq -e ".[$extras]") || return 1
         printf '%s\n' "$want" >"$stamp"
     fi
 }
