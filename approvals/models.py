@@ -27,6 +27,9 @@ class Team(models.Model):
     default_deadline_seconds = models.PositiveIntegerField(
         default=600, help_text="How long a held call waits for a decision before it expires (denied)."
     )
+    rules_admins_only = models.BooleanField(
+        default=False, help_text="Only team admins may create rules (including Always-Allow from a held call)."
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:
@@ -90,8 +93,14 @@ class Rule(models.Model):
     effect = models.CharField(max_length=8, choices=Effect.choices)
     server = models.CharField(max_length=128, help_text="Server name as the bridge's --name, or * for any.")
     tool = models.CharField(max_length=128, help_text="Tool name, or * for any.")
+    constraints = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Argument constraints, all of which must hold for the rule to match (see docs/policy.md).",
+    )
     note = models.CharField(max_length=500, blank=True)
     enabled = models.BooleanField(default=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="The rule stops matching after this.")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
