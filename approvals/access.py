@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from django.core.exceptions import PermissionDenied
 
-from approvals.models import Membership, Team, ToolCall
+from approvals.models import BridgeToken, Membership, Team, ToolCall
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -58,3 +58,24 @@ def require_member(user: AnyUser, team: Team) -> Membership:
 def require_decide(user: AnyUser, call: ToolCall) -> None:
     """Raise PermissionDenied unless the user may decide this call."""
     require_review(user, call.team)
+
+
+def is_admin(user: AnyUser, team: Team) -> bool:
+    """Administers the team: members, tokens and rules."""
+    membership = membership_for(user, team)
+    return membership is not None and membership.role == Membership.Role.ADMIN
+
+
+def require_admin(user: AnyUser, team: Team) -> None:
+    """Raise PermissionDenied unless the user administers the team."""
+    if not is_admin(user, team):
+        raise PermissionDenied("Only the team's admins may do this.")
+
+
+def require_token_control(user: AnyUser, token: BridgeToken) -> None:
+    """Raise PermissionDenied unless the user owns the token (and is still in its team) or is a team admin."""
+    membership = membership_for(user, token.team)
+    if membership is None:
+        raise PermissionDenied("You are not a member of this token's team.")
+    if token.user_id != user.pk and membership.role != Membership.Role.ADMIN:
+        raise PermissionDenied("Only the token's owner or a team admin may revoke it.")

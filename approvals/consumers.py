@@ -269,5 +269,7 @@ class ReviewConsumer(AsyncWebsocketConsumer):
         await self.send_json({"type": "call", "call": event["call"]})
 
     async def review_closed(self, event: dict[str, Any]) -> None:
-        await self.send_json({"type": "error", "message": event.get("reason", "access ended")})
+        if event.get("team") not in (None, self.team.pk if self.team else None):
+            return  # about another team of this user
+        await self.send_json({"type": "error", "message": f"Access ended: {event.get('reason', 'revoked')}."})
         await self.close(code=4403)

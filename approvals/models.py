@@ -28,7 +28,7 @@ class Team(models.Model):
         default=600, help_text="How long a held call waits for a decision before it expires (denied)."
     )
     rules_admins_only = models.BooleanField(
-        default=False, help_text="Only team admins may create rules (including Always-Allow from a held call)."
+        default=False, help_text="Only team admins may create rules (Always-Allow included)."
     )
     created_at = models.DateTimeField(default=timezone.now)
 

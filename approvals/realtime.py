@@ -80,6 +80,11 @@ def send_on_commit(group: str, event: dict[str, Any]) -> None:
     transaction.on_commit(lambda: send(group, event))
 
 
+def review_access_ended(*, user_id: int, team_id: int | None, reason: str) -> None:
+    """Close the user's open reviewer pages (of one team, or of all teams), on commit."""
+    send_on_commit(user_group(user_id), {"type": "review.closed", "team": team_id, "reason": reason})
+
+
 def call_changed(call: ToolCall) -> None:
     """Tell the team's reviewers about a call (new in the queue, or gone from it), on commit."""
     send_on_commit(review_group(call.team_id), {"type": "call.update", "call": call_payload(call)})

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from approvals import access, selectors
-from approvals.models import Team
+from approvals.forms import MemberAddForm, MemberRoleForm, TokenIssueForm
+from approvals.models import BridgeToken, Membership, Team
 from approvals.services import calls as call_services
+from approvals.services.teams import LastAdminError, member_add, member_remove, user_get_or_create
+from approvals.services.tokens import token_issue, token_revoke
+from approvals.snippets import EXAMPLE_UPSTREAM, client_configs
 
 
 def _select_team(request: HttpRequest) -> Team | None:
@@ -27,15 +35,19 @@ def _select_team(request: HttpRequest) -> Team | None:
     if team is not None:
         request.session["team_slug"] = team.slug
     request.team = team  # type: ignore[attr-defined]
+    request.membership = access.membership_for(request.user, team) if team else None  # type: ignore[attr-defined]
     return team
 
 
 @login_required
 def queue(request: HttpRequest) -> HttpResponse:
-    """The live queue of held calls (filled over the reviewer socket)."""
+    """The live queue of held calls (filled over the reviewer socket). Members land on their tokens."""
     team = _select_team(request)
     if team is None:
         return render(request, "approvals/no_team.html")
+    membership = access.require_member(request.user, team)
+    if membership.role == Membership.Role.MEMBER and "team" not in request.GET:
+        return redirect("approvals:tokens")
     access.require_review(request.user, team)
     return render(request, "approvals/queue.html", {"team": team})
 
@@ -74,3 +86,125 @@ def decide(request: HttpRequest, call_id: str) -> HttpResponse:
     else:
         messages.success(request, f"{call.server} / {call.tool}: {call.state}.")
     return redirect("approvals:queue")
+
+
+def _public_url(request: HttpRequest) -> str:
+    """Where bridges reach this server: SIGNOFF_PUBLIC_URL when set, else the address this page came from."""
+    if settings.SIGNOFF_PUBLIC_URL_SET:
+        return str(settings.SIGNOFF_PUBLIC_URL)
+    return request.build_absolute_uri("/").rstrip("/")
+
+
+@login_required
+def tokens(request: HttpRequest) -> HttpResponse:
+    """Your bridge tokens in this team (admins see everyone's); issue a new one."""
+    team = _select_team(request)
+    if team is None:
+        return render(request, "approvals/no_team.html")
+    access.require_member(request.user, team)
+    is_admin = access.is_admin(request.user, team)
+    form = TokenIssueForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        days = form.cleaned_data["expires_in_days"]
+        token, raw = token_issue(
+            team=team,
+            user=request.user,  # type: ignore[arg-type]
+            name=form.cleaned_data["name"],
+            expires_at=timezone.now() + timedelta(days=days) if days else None,
+        )
+        configs = client_configs(
+            public_url=_public_url(request), token=raw, name="files", upstream=EXAMPLE_UPSTREAM
+        )
+        response = render(
+            request,
+            "approvals/token_issued.html",
+            {"team": team, "token": token, "raw": raw, "configs": configs},
+        )
+        response["Cache-Control"] = "no-store"  # the raw token is on this page, and only here
+        return response
+    listed = BridgeToken.objects.filter(team=team).select_related("user").order_by("-created_at")
+    if not is_admin:
+        listed = listed.filter(user=request.user)  # type: ignore[misc]
+    return render(
+        request,
+        "approvals/tokens.html",
+        {"team": team, "tokens": listed, "form": form, "is_admin": is_admin, "now": timezone.now()},
+    )
+
+
+@require_POST
+@login_required
+def token_revoke_view(request: HttpRequest, token_id: int) -> HttpResponse:
+    """Revoke a token: its bridges are closed and its held calls denied at once."""
+    token = get_object_or_404(BridgeToken.objects.select_related("team", "user"), pk=token_id)
+    access.require_token_control(request.user, token)
+    if token_revoke(token=token, by=request.user, reason=f"revoked by {request.user.get_username()}"):  # type: ignore[arg-type]
+        messages.success(
+            request, f"Token “{token.name}” ({token.prefix}…) is revoked; its bridges were closed."
+        )
+    else:
+        messages.info(request, f"Token “{token.name}” was already revoked.")
+    return redirect("approvals:tokens")
+
+
+@login_required
+def members(request: HttpRequest) -> HttpResponse:
+    """The team's people and roles (admins only); add someone."""
+    team = _select_team(request)
+    if team is None:
+        return render(request, "approvals/no_team.html")
+    access.require_admin(request.user, team)
+    form = MemberAddForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = user_get_or_create(email=form.cleaned_data["email"])
+        member_add(team=team, user=user, role=form.cleaned_data["role"], by=request.user)  # type: ignore[arg-type]
+        messages.success(
+            request,
+            f"{user.get_username()} is {form.cleaned_data['role']} in {team.name}. New accounts set their "
+            "password with “Forgot your password?” on the login page.",
+        )
+        return redirect("approvals:members")
+    people = Membership.objects.filter(team=team).select_related("user").order_by("user__username")
+    return render(
+        request,
+        "approvals/members.html",
+        {"team": team, "memberships": people, "form": form, "roles": Membership.Role.choices},
+    )
+
+
+@require_POST
+@login_required
+def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
+    """Change a member's role."""
+    membership = get_object_or_404(Membership.objects.select_related("team", "user"), pk=membership_id)
+    access.require_admin(request.user, membership.team)
+    form = MemberRoleForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose a role.")
+        return redirect("approvals:members")
+    role = form.cleaned_data["role"]
+    try:
+        member_add(team=membership.team, user=membership.user, role=role, by=request.user)  # type: ignore[arg-type]
+    except LastAdminError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"{membership.user.get_username()} is now {role}.")
+    return redirect("approvals:members")
+
+
+@require_POST
+@login_required
+def member_remove_view(request: HttpRequest, membership_id: int) -> HttpResponse:
+    """Offboard someone from the team at once."""
+    membership = get_object_or_404(Membership.objects.select_related("team", "user"), pk=membership_id)
+    access.require_admin(request.user, membership.team)
+    try:
+        member_remove(team=membership.team, user=membership.user, by=request.user)  # type: ignore[arg-type]
+    except LastAdminError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(
+            request,
+            f"{membership.user.get_username()} was removed: their tokens are revoked, their pages closed.",
+        )
+    return redirect("approvals:members")

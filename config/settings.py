@@ -30,6 +30,8 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 # The public address of this server, used in printed bridge configs and links.
 SIGNOFF_PUBLIC_URL = env_str("SIGNOFF_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+# Unset, pages build the address from the request instead (commands fall back to the default above).
+SIGNOFF_PUBLIC_URL_SET = bool(env_str("SIGNOFF_PUBLIC_URL"))
 
 INSTALLED_APPS = [
     "daphne",

@@ -23,6 +23,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='team',
             name='rules_admins_only',
-            field=models.BooleanField(default=False, help_text='Only team admins may create rules (including Always-Allow from a held call).'),
+            field=models.BooleanField(default=False, help_text='Only team admins may create rules (Always-Allow included).'),
         ),
     ]

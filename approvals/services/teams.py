@@ -8,8 +8,11 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils.text import slugify
 
-from approvals.models import Membership, Team
+from approvals import realtime
+from approvals.access import REVIEW_ROLES
+from approvals.models import BridgeToken, Membership, Team
 from approvals.services.audit import audit_record
+from approvals.services.tokens import token_revoke
 
 
 def team_create(*, name: str, slug: str = "", by: User | None = None) -> Team:
@@ -47,7 +50,10 @@ def user_get_or_create(*, email: str, password: str | None = None) -> User:
 
 
 def member_add(*, team: Team, user: User, role: str, by: User | None = None) -> Membership:
-    """Give the user a role in the team (changing the role if already a member; no-op if the same)."""
+    """Give the user a role in the team (changing the role if already a member; no-op if the same).
+
+    Refuses (LastAdminError) to demote the team's last admin.
+    """
     if role not in Membership.Role.values:
         raise ValueError(f"Unknown role {role!r}; choose one of {', '.join(Membership.Role.values)}.")
     with transaction.atomic():
@@ -57,8 +63,13 @@ def member_add(*, team: Team, user: User, role: str, by: User | None = None) -> 
         if not created and membership.role == role:
             return membership
         if not created:
+            if membership.role == Membership.Role.ADMIN and not _other_admins(team, user):
+                raise LastAdminError("A team needs at least one admin: make someone else admin first.")
+            was_reviewer = membership.role in REVIEW_ROLES
             membership.role = role
             membership.save(update_fields=["role"])
+            if was_reviewer and role not in REVIEW_ROLES:
+                realtime.review_access_ended(user_id=user.pk, team_id=team.pk, reason="your role changed")
         audit_record(
             kind="member.added" if created else "member.role_changed",
             team=team,
@@ -67,3 +78,69 @@ def member_add(*, team: Team, user: User, role: str, by: User | None = None) -> 
             role=role,
         )
     return membership
+
+
+class LastAdminError(Exception):
+    """The change would leave the team without an admin."""
+
+
+def _other_admins(team: Team, user: User) -> bool:
+    return (
+        Membership.objects.filter(team=team, role=Membership.Role.ADMIN, user__is_active=True)
+        .exclude(user=user)
+        .exists()
+    )
+
+
+def member_remove(*, team: Team, user: User, by: User | None = None) -> bool:
+    """Offboard a person from a team at once: their tokens there are revoked (open bridges closed, held
+    calls denied) and their open reviewer pages of the team closed. False if they were not a member.
+
+    Refuses (LastAdminError) to remove the team's last admin.
+    """
+    with transaction.atomic():
+        membership = Membership.objects.select_for_update().filter(team=team, user=user).first()
+        if membership is None:
+            return False
+        if membership.role == Membership.Role.ADMIN and not _other_admins(team, user):
+            raise LastAdminError("A team needs at least one admin: make someone else admin first.")
+        membership.delete()
+        for token in BridgeToken.objects.select_related("team").filter(team=team, user=user, revoked_at=None):
+            token_revoke(token=token, by=by, reason=f"{user.get_username()} was removed from the team")
+        realtime.review_access_ended(user_id=user.pk, team_id=team.pk, reason="removed from the team")
+        audit_record(
+            kind="member.removed",
+            team=team,
+            actor_id=by.pk if by else None,
+            member=user.get_username(),
+            role=membership.role,
+        )
+    return True
+
+
+def user_deactivate(*, user: User, by: User | None = None) -> bool:
+    """Offboard a person everywhere: no login, every token revoked, every open page and bridge closed.
+
+    False if the user was already inactive.
+    """
+    with transaction.atomic():
+        changed = get_user_model().objects.filter(pk=user.pk, is_active=True).update(is_active=False)
+        if not changed:
+            return False
+        user.is_active = False
+        user_access_end(user=user, by=by)
+        for team in Team.objects.filter(memberships__user=user):
+            audit_record(
+                kind="user.deactivated", team=team, actor_id=by.pk if by else None, member=user.get_username()
+            )
+    return True
+
+
+def user_access_end(*, user: User, by: User | None = None) -> None:
+    """What deactivating a user means at once: tokens revoked, open bridges and pages closed.
+
+    Also run when a user is deactivated elsewhere (Django's admin), through a signal.
+    """
+    for token in BridgeToken.objects.select_related("team").filter(user=user, revoked_at=None):
+        token_revoke(token=token, by=by, reason=f"{user.get_username()} was deactivated")
+    realtime.review_access_ended(user_id=user.pk, team_id=None, reason="your account was deactivated")

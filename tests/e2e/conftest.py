@@ -422,5 +422,5 @@ async def browser_login(browser: Any, server: SignoffServer, user: Any) -> Any:
     await page.fill("input[name=login]", user.email)
     await page.fill("input[name=password]", PASSWORD)
     await page.click("button[type=submit]")
-    await page.wait_for_url(server.url + "/")
+    await page.wait_for_url(lambda url: url.startswith(server.url) and "/accounts/login" not in url)
     return page

@@ -49,9 +49,14 @@ def test_an_outsider_asking_for_another_team_gets_403(outsider: Any, team_a: Any
     assert logged_in(outsider).get(f"{url}?team=alpha").status_code == 403
 
 
-@pytest.mark.parametrize("url", [QUEUE, HISTORY])
+@pytest.mark.parametrize("url", [f"{QUEUE}?team=alpha", HISTORY])
 def test_a_plain_member_may_not_see_the_review_pages(member: Any, url: str) -> None:
     assert logged_in(member).get(url).status_code == 403
+
+
+def test_a_plain_member_lands_on_their_tokens(member: Any) -> None:
+    response = logged_in(member).get(QUEUE)
+    assert response.status_code == 302 and response["Location"] == "/tokens/"
 
 
 def test_the_outsider_sees_their_own_team_by_default(outsider: Any) -> None:

@@ -6,10 +6,8 @@ Idempotent: re-running keeps the team, the admin, the generated password and the
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from approvals.models import Membership, Team
 from approvals.services.teams import member_add, team_create, user_get_or_create
 from approvals.services.tokens import token_authenticate, token_issue, token_revoke
+from approvals.snippets import client_configs
 from config.env import env_secret, env_str
 
 TEAM_NAME = "Demo"
@@ -149,23 +148,14 @@ def _venv_script(name: str) -> str | None:
     return str(candidate) if candidate.exists() else None
 
 
-def client_configs(*, public_url: str, token: str) -> tuple[dict[str, Any], list[str]]:
-    """Claude Desktop's ``mcpServers`` object and the ``claude mcp add`` argv for the demo bridge."""
-    bridge = _venv_script("mcpbridge") or "mcpbridge"
-    upstream = [_venv_script("mcp-server-time") or "mcp-server-time"]
-    bridge_args = ["--name", SERVER_NAME, "--", *upstream]
-    env = {"SIGNOFF_URL": public_url, "SIGNOFF_TOKEN": token}
-    desktop = {"mcpServers": {SERVER_NAME: {"command": bridge, "args": bridge_args, "env": env}}}
-    # Claude Code: the server name must come before the variadic --env options.
-    code = ["claude", "mcp", "add", SERVER_NAME]
-    for key, value in env.items():
-        code += ["--env", f"{key}={value}"]
-    code += ["--", bridge, *bridge_args]
-    return desktop, code
-
-
 def _banner(*, public_url: str, email: str, password_line: str, token: str, token_file: Path) -> str:
-    desktop, code = client_configs(public_url=public_url, token=token)
+    configs = client_configs(
+        public_url=public_url,
+        token=token,
+        name=SERVER_NAME,
+        upstream=[_venv_script("mcp-server-time") or "mcp-server-time"],
+        bridge=_venv_script("mcpbridge") or "mcpbridge",
+    )
     rule = "=" * 78
     lines = [
         "",
@@ -181,11 +171,11 @@ def _banner(*, public_url: str, email: str, password_line: str, token: str, toke
         "",
         "Claude Desktop: add this to claude_desktop_config.json, then restart Claude Desktop:",
         "",
-        json.dumps(desktop, indent=2),
+        configs.desktop_json,
         "",
         "Claude Code:",
         "",
-        "  " + shlex.join(code),
+        "  " + configs.code_line,
         "",
         "Then ask the model for the time: the call waits in the queue until you Allow it in the browser.",
     ]
