@@ -31,7 +31,7 @@ class BridgeConsumer(AsyncWebsocketConsumer):
 
     token: BridgeToken | None
     upstream: protocol.UpstreamInfo | None
-    tools: dict[str, str]
+    tools: dict[str, protocol.ToolInfo]
 
     async def connect(self) -> None:
         self.token = self.scope.get("bridge_token")
@@ -95,7 +95,7 @@ class BridgeConsumer(AsyncWebsocketConsumer):
         if isinstance(message, protocol.Hello):
             await self._hello(message)
         elif isinstance(message, protocol.Tools):
-            self.tools = {tool.name: tool.hash for tool in message.tools}
+            self.tools = {tool.name: tool for tool in message.tools}
         elif isinstance(message, protocol.Call):
             assert self.upstream is not None
             submitted = await database_sync_to_async(call_services.call_submit)(
@@ -103,7 +103,8 @@ class BridgeConsumer(AsyncWebsocketConsumer):
                 server=self.upstream.name,
                 tool=message.tool,
                 arguments=message.arguments,
-                tool_hash=self.tools.get(message.tool),
+                tool_hash=tool.hash if (tool := self.tools.get(message.tool)) else None,
+                input_schema=tool.input_schema if tool else None,
                 timeout=message.timeout,
             )
             await self._send(realtime.decision_for(submitted.call, run=submitted.run, ref=message.ref))
@@ -145,7 +146,7 @@ class BridgeConsumer(AsyncWebsocketConsumer):
             await self.close(code=protocol.CLOSE_PROTOCOL, reason="unsupported protocol version")
             return
         self.upstream = hello.upstream
-        self.tools = {tool.name: tool.hash for tool in hello.tools}
+        self.tools = {tool.name: tool for tool in hello.tools}
         team = self.token.team
         await self._send(
             protocol.Welcome(

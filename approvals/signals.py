@@ -6,7 +6,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_out
-from django.db.models.signals import post_save
+from django.db.models.signals import post_save, pre_save
 from django.dispatch import receiver
 from django.http import HttpRequest
 
@@ -24,10 +24,20 @@ def close_review_sockets_on_logout(
         )
 
 
+@receiver(pre_save, sender=get_user_model())
+def remember_whether_user_was_active(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """Note the stored ``is_active`` so that only a real deactivation triggers the offboarding below."""
+    update_fields = kwargs.get("update_fields")
+    if instance.pk is not None and (update_fields is None or "is_active" in update_fields):
+        instance._signoff_was_active = (
+            sender.objects.filter(pk=instance.pk).values_list("is_active", flat=True).first()
+        )
+
+
 @receiver(post_save, sender=get_user_model())
-def end_access_of_inactive_user(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+def end_access_of_deactivated_user(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
     """A user saved as inactive (e.g. in Django's admin) loses tokens and open pages at once."""
-    if not created and not instance.is_active:
+    if not created and not instance.is_active and getattr(instance, "_signoff_was_active", False):
         from approvals.services.teams import user_access_end
 
         user_access_end(user=instance)

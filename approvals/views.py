@@ -103,7 +103,7 @@ def tokens(request: HttpRequest) -> HttpResponse:
         return render(request, "approvals/no_team.html")
     access.require_member(request.user, team)
     is_admin = access.is_admin(request.user, team)
-    form = TokenIssueForm(request.POST or None)
+    form = TokenIssueForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         days = form.cleaned_data["expires_in_days"]
         token, raw = token_issue(
@@ -154,10 +154,14 @@ def members(request: HttpRequest) -> HttpResponse:
     if team is None:
         return render(request, "approvals/no_team.html")
     access.require_admin(request.user, team)
-    form = MemberAddForm(request.POST or None)
+    form = MemberAddForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         user = user_get_or_create(email=form.cleaned_data["email"])
-        member_add(team=team, user=user, role=form.cleaned_data["role"], by=request.user)  # type: ignore[arg-type]
+        try:
+            member_add(team=team, user=user, role=form.cleaned_data["role"], by=request.user)  # type: ignore[arg-type]
+        except LastAdminError as exc:
+            messages.error(request, str(exc))
+            return redirect("approvals:members")
         messages.success(
             request,
             f"{user.get_username()} is {form.cleaned_data['role']} in {team.name}. New accounts set their "

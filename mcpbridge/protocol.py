@@ -25,6 +25,8 @@ MAX_REASON_LENGTH = 1000
 MAX_SUMMARY_LENGTH = 2000
 MAX_TOOLS = 1000
 MAX_STATUS_IDS = 1000
+MAX_DESCRIPTION_LENGTH = 2000
+MAX_SCHEMA_BYTES = 32 * 1024
 MAX_DEPTH = 64
 """Deepest nesting of objects and arrays in a frame (arguments are shown to reviewers and stored)."""
 
@@ -56,6 +58,10 @@ class ToolInfo(Message):
     """SHA-256 of the tool's canonical JSON definition (see :func:`tool_hash`)."""
     title: str | None = Field(default=None, max_length=MAX_REASON_LENGTH)
     annotations: dict[str, Any] = Field(default_factory=dict)
+    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION_LENGTH)
+    """Shown to reviewers; cut to MAX_DESCRIPTION_LENGTH by the bridge (the hash covers all of it)."""
+    input_schema: dict[str, Any] | None = None
+    """The tool's ``inputSchema``, for validating arguments; left out when larger than MAX_SCHEMA_BYTES."""
 
 
 class UpstreamInfo(Message):

@@ -89,16 +89,33 @@ def _summary(result: types.CallToolResult) -> str:
 
 
 def _tool_info(tool: types.Tool) -> protocol.ToolInfo:
+    """What Signoff is told of a tool: a hash of the whole definition, and what reviewers and guards use."""
     definition = tool.model_dump(mode="json", by_alias=True, exclude_none=True)
     annotations = (
         tool.annotations.model_dump(mode="json", by_alias=True, exclude_none=True) if tool.annotations else {}
     )
+    schema = definition.get("inputSchema")
+    if schema is not None and len(protocol.canonical_json(schema).encode()) > protocol.MAX_SCHEMA_BYTES:
+        schema = None
+    description = tool.description[: protocol.MAX_DESCRIPTION_LENGTH] if tool.description else None
     return protocol.ToolInfo(
         name=tool.name[: protocol.MAX_NAME_LENGTH],
         hash=protocol.tool_hash(definition),
         title=(tool.title or None),
         annotations=annotations,
+        description=description,
+        input_schema=schema,
     )
+
+
+def _fit(tools: list[protocol.ToolInfo], envelope: int = 4096) -> list[protocol.ToolInfo]:
+    """The tools as one frame can carry them: without descriptions and schemas if they do not fit."""
+    tools = tools[: protocol.MAX_TOOLS]
+    size = sum(len(tool.model_dump_json()) for tool in tools) + envelope
+    if size <= protocol.MAX_FRAME_BYTES:
+        return tools
+    log.warning("the upstream's tool definitions are too large to send whole: schemas are left out")
+    return [tool.model_copy(update={"description": None, "input_schema": None}) for tool in tools]
 
 
 def _seconds_until(iso: str | None) -> float | None:
@@ -141,7 +158,7 @@ class Bridge:
                 server_name=(info.name if info else "")[: protocol.MAX_NAME_LENGTH],
                 server_version=(info.version if info else "")[: protocol.MAX_NAME_LENGTH],
             ),
-            tools=list(self.tools.values())[: protocol.MAX_TOOLS],
+            tools=_fit(list(self.tools.values())),
         )
 
     async def refresh_tools(self) -> None:
@@ -162,7 +179,7 @@ class Bridge:
                 break
         if tools != self.tools:
             self.tools = tools
-            await self.link.send(protocol.Tools(tools=list(tools.values())[: protocol.MAX_TOOLS]))
+            await self.link.send(protocol.Tools(tools=_fit(list(tools.values()))))
 
     # --- the gate ----------------------------------------------------------------------------------
     async def call_tool(

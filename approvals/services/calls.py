@@ -16,8 +16,8 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from approvals import access, policy, realtime
-from approvals.models import BridgeToken, Rule, ToolCall
+from approvals import access, guards, policy, realtime
+from approvals.models import BridgeToken, Rule, Team, ToolCall
 from approvals.services.audit import audit_record
 from mcpbridge.protocol import arguments_hash
 
@@ -73,11 +73,14 @@ def call_submit(
     tool: str,
     arguments: dict[str, Any],
     tool_hash: str | None,
+    input_schema: dict[str, Any] | None = None,
     timeout: int | None = None,
 ) -> Submitted:
     """Take a call from a bridge: re-attach to the same held call, or decide it by policy, or hold it.
 
     ``tool_hash`` is None when the bridge's upstream does not offer the tool: such a call is denied.
+    Arguments are checked by the guards first (against ``input_schema`` when the bridge sent it): a
+    blocking finding denies the call with its reason; warnings go to the reviewer.
     An identical call (same token, server, tool and arguments) that is still held or allowed-but-not-run
     is the same call: the bridge re-attaches to it, so a client that timed out and repeats the call
     continues the wait, and an allowed call runs exactly once.
@@ -120,14 +123,18 @@ def call_submit(
             run = existing.state == State.ALLOWED and _claim(existing, now=now)
             return Submitted(existing, run=run, reattached=True)
 
+        findings: list[guards.Finding] = []
         if tool_hash is None:
             verdict = policy.Verdict("deny", f"denied: the server '{server}' has no tool named '{tool}'")
         else:
-            rules = [
-                policy.RuleSpec(id=r.pk, effect=r.effect, server=r.server, tool=r.tool)  # type: ignore[arg-type]
-                for r in Rule.objects.filter(team=team, enabled=True).only("id", "effect", "server", "tool")
-            ]
-            verdict = policy.evaluate(rules=rules, server=server, tool=tool, mode=team.mode)
+            findings = guards.inspect_arguments(arguments=arguments, input_schema=input_schema)
+            blocks = [finding for finding in findings if finding.severity == "block"]
+            if blocks:
+                verdict = policy.Verdict("deny", _invalid_input_reason(blocks))
+            else:
+                verdict = team_ruleset(team).evaluate(
+                    server=server, tool=tool, arguments=arguments, mode=team.mode, now=now
+                )
 
         seconds = team.default_deadline_seconds
         if timeout:
@@ -171,6 +178,36 @@ def call_submit(
         if state == State.PENDING:
             realtime.call_changed(call)
     return Submitted(call, run=state == State.ALLOWED, reattached=False)
+
+
+def _invalid_input_reason(blocks: list[guards.Finding]) -> str:
+    first = blocks[0]
+    where = f" at {first.pointer}" if first.pointer else ""
+    more = f" (and {len(blocks) - 1} more)" if len(blocks) > 1 else ""
+    return f"denied: invalid input{where}: {first.message}{more}"[:900]
+
+
+def team_ruleset(team: Team) -> policy.RuleSet:
+    """The team's enabled rules, compiled, in creation order. A rule that no longer parses denies
+    every call it could match (fail closed), so a broken rule never widens what is allowed."""
+    specs = []
+    for rule in Rule.objects.filter(team=team, enabled=True).order_by("id"):
+        try:
+            constraints = policy.parse_constraints(rule.constraints or [])
+            effect = rule.effect
+        except policy.PolicyError:
+            constraints, effect = (), Rule.Effect.DENY
+        specs.append(
+            policy.RuleSpec(
+                id=rule.pk,
+                effect=effect,  # type: ignore[arg-type]
+                server=rule.server,
+                tool=rule.tool,
+                constraints=constraints,
+                expires_at=rule.expires_at,
+            )
+        )
+    return policy.compile_rules(specs)
 
 
 def _claim(call: ToolCall, *, now: Any) -> bool:

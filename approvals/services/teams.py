@@ -129,10 +129,6 @@ def user_deactivate(*, user: User, by: User | None = None) -> bool:
             return False
         user.is_active = False
         user_access_end(user=user, by=by)
-        for team in Team.objects.filter(memberships__user=user):
-            audit_record(
-                kind="user.deactivated", team=team, actor_id=by.pk if by else None, member=user.get_username()
-            )
     return True
 
 
@@ -141,6 +137,11 @@ def user_access_end(*, user: User, by: User | None = None) -> None:
 
     Also run when a user is deactivated elsewhere (Django's admin), through a signal.
     """
-    for token in BridgeToken.objects.select_related("team").filter(user=user, revoked_at=None):
-        token_revoke(token=token, by=by, reason=f"{user.get_username()} was deactivated")
-    realtime.review_access_ended(user_id=user.pk, team_id=None, reason="your account was deactivated")
+    with transaction.atomic():
+        for token in BridgeToken.objects.select_related("team").filter(user=user, revoked_at=None):
+            token_revoke(token=token, by=by, reason=f"{user.get_username()} was deactivated")
+        realtime.review_access_ended(user_id=user.pk, team_id=None, reason="your account was deactivated")
+        for team in Team.objects.filter(memberships__user=user):
+            audit_record(
+                kind="user.deactivated", team=team, actor_id=by.pk if by else None, member=user.get_username()
+            )

@@ -276,3 +276,17 @@ async def test_oversized_arguments_are_refused_and_the_bridge_stays_usable(
     assert huge.is_error and "more than Signoff accepts" in text_of(huge)
     assert text_of(small) == "still fine"
     assert [c["tool"] for c in b.upstream_calls()] == ["echo"]
+
+
+async def test_arguments_that_break_the_tools_schema_are_denied_before_any_rule(
+    signoff: SignoffServer, team: TeamSetup, tmp_path
+) -> None:
+    Rule.objects.create(team=team.team, effect="allow", server="test", tool="*")
+    async with bridge(tmp_path, url=signoff.url, token=team.raw_token) as b:
+        wrong_type = await b.session.call_tool("echo", {"text": 42})
+        missing = await b.session.call_tool("write_file", {"path": "only/a/path"})
+        fine = await b.session.call_tool("echo", {"text": "a string"})
+    assert wrong_type.is_error and "invalid input at /text" in text_of(wrong_type)
+    assert missing.is_error and "invalid input" in text_of(missing) and "content" in text_of(missing)
+    assert text_of(fine) == "a string"
+    assert [c["arguments"] for c in b.upstream_calls()] == [{"text": "a string"}]

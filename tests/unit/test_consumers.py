@@ -273,7 +273,7 @@ async def test_arguments_with_a_nul_character_are_refused_with_the_ref(
     await _still_usable(socket)
 
 
-@pytest.mark.parametrize("depth", [10, 30])
+@pytest.mark.parametrize("depth", [5, 15])
 async def test_nested_arguments_are_held_and_shown(
     open_bridge, open_review, member_token: Issued, reviewer_cookie: bytes, depth: int
 ) -> None:
