@@ -79,3 +79,36 @@ def require_token_control(user: AnyUser, token: BridgeToken) -> None:
         raise PermissionDenied("You are not a member of this token's team.")
     if token.user_id != user.pk and membership.role != Membership.Role.ADMIN:
         raise PermissionDenied("Only the token's owner or a team admin may revoke it.")
+
+
+RULE_READ_ROLES = frozenset({Membership.Role.ADMIN, Membership.Role.REVIEWER, Membership.Role.AUDITOR})
+
+
+def can_read_rules(user: AnyUser, team: Team) -> bool:
+    """May see the team's rules, the calls each decided, export them and dry-run them (read-only)."""
+    membership = membership_for(user, team)
+    return membership is not None and membership.role in RULE_READ_ROLES
+
+
+def require_rules_read(user: AnyUser, team: Team) -> Membership:
+    """The user's membership, or PermissionDenied unless they may read the team's rules."""
+    membership = membership_for(user, team)
+    if membership is None or membership.role not in RULE_READ_ROLES:
+        raise PermissionDenied("Only the team's admins, reviewers and auditors may see its rules.")
+    return membership
+
+
+def can_create_rule(user: AnyUser, team: Team) -> bool:
+    """May add a rule: admins always; reviewers too unless ``team.rules_admins_only``."""
+    membership = membership_for(user, team)
+    if membership is None:
+        return False
+    if membership.role == Membership.Role.ADMIN:
+        return True
+    return membership.role == Membership.Role.REVIEWER and not team.rules_admins_only
+
+
+def require_rule_create(user: AnyUser, team: Team) -> None:
+    """Raise PermissionDenied unless the user may add a rule to the team."""
+    if not can_create_rule(user, team):
+        raise PermissionDenied("Only the team's admins may create rules.")

@@ -15,10 +15,11 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import PermissionDenied
 
-from approvals import access, realtime, selectors
+from approvals import access, realtime, scopes, selectors
 from approvals.models import BridgeToken, Team
 from approvals.services import calls as call_services
 from approvals.services.tokens import token_touch
+from approvals.services.tools import tools_seen
 from mcpbridge import protocol
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class BridgeConsumer(AsyncWebsocketConsumer):
             await self._hello(message)
         elif isinstance(message, protocol.Tools):
             self.tools = {tool.name: tool for tool in message.tools}
+            await self._pin_tools()
         elif isinstance(message, protocol.Call):
             assert self.upstream is not None
             submitted = await database_sync_to_async(call_services.call_submit)(
@@ -105,6 +107,7 @@ class BridgeConsumer(AsyncWebsocketConsumer):
                 arguments=message.arguments,
                 tool_hash=tool.hash if (tool := self.tools.get(message.tool)) else None,
                 input_schema=tool.input_schema if tool else None,
+                annotations=tool.annotations if tool else None,
                 timeout=message.timeout,
             )
             await self._send(realtime.decision_for(submitted.call, run=submitted.run, ref=message.ref))
@@ -147,6 +150,7 @@ class BridgeConsumer(AsyncWebsocketConsumer):
             return
         self.upstream = hello.upstream
         self.tools = {tool.name: tool for tool in hello.tools}
+        await self._pin_tools()
         team = self.token.team
         await self._send(
             protocol.Welcome(
@@ -162,6 +166,12 @@ class BridgeConsumer(AsyncWebsocketConsumer):
             self.token.prefix,
             hello.upstream.name,
             len(hello.tools),
+        )
+
+    async def _pin_tools(self) -> None:
+        assert self.token is not None and self.upstream is not None
+        await database_sync_to_async(tools_seen)(
+            team=self.token.team, server=self.upstream.name, tools=list(self.tools.values())
         )
 
     async def _send(self, message: protocol.Message) -> None:
@@ -227,6 +237,9 @@ class ReviewConsumer(AsyncWebsocketConsumer):
         except ValueError:
             await self.send_json({"type": "error", "message": "message is not JSON"})
             return
+        if isinstance(message, dict) and message.get("type") == "accept_tool":
+            await self._accept_tool(str(message.get("call_id", "")))
+            return
         if not isinstance(message, dict) or message.get("type") != "decide":
             await self.send_json({"type": "error", "message": "unknown message type"})
             return
@@ -242,6 +255,13 @@ class ReviewConsumer(AsyncWebsocketConsumer):
             )
             return
         reason = message.get("reason") if isinstance(message.get("reason"), str) else ""
+        scope = message.get("scope", "tool")
+        constraints = message.get("constraints")
+        if scope not in scopes.SCOPES or not (constraints is None or isinstance(constraints, list)):
+            await self.send_json(
+                {"type": "error", "call_id": call_id, "message": "scope must be exact, constraints or tool"}
+            )
+            return
         try:
             call = await database_sync_to_async(call_services.call_decide)(
                 call_id=call_id,
@@ -249,7 +269,12 @@ class ReviewConsumer(AsyncWebsocketConsumer):
                 allow=decision != "deny",
                 always_allow=decision == "always_allow",
                 reason=reason,
+                scope=scope,
+                constraints=constraints,
             )
+        except call_services.InvalidRule as exc:
+            await self.send_json({"type": "error", "call_id": call_id, "message": str(exc)})
+            return
         except (call_services.CallNotFound, PermissionDenied):
             await self.send_json(
                 {"type": "error", "call_id": call_id, "message": "no such call in your team"}
@@ -261,6 +286,18 @@ class ReviewConsumer(AsyncWebsocketConsumer):
             )
             return
         await self.send_json({"type": "decided", "call_id": call_id, "state": call.state})
+
+    async def _accept_tool(self, call_id: str) -> None:
+        try:
+            accepted = await database_sync_to_async(call_services.call_tool_definition_accept)(
+                call_id=call_id, reviewer=self.scope["user"]
+            )
+        except (call_services.CallNotFound, PermissionDenied):
+            await self.send_json(
+                {"type": "error", "call_id": call_id, "message": "no such call in your team"}
+            )
+            return
+        await self.send_json({"type": "tool_accepted", "call_id": call_id, "accepted": accepted})
 
     async def send_json(self, content: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(content))

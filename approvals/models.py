@@ -5,6 +5,7 @@ Models hold data and invariants; every state change goes through ``approvals.ser
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from datetime import datetime
 from typing import ClassVar
@@ -12,6 +13,11 @@ from typing import ClassVar
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+
+
+def new_rules_version() -> int:
+    """A random version stamp: unlike a counter it never comes back after a rolled-back change."""
+    return secrets.randbits(62)
 
 
 class Team(models.Model):
@@ -26,6 +32,10 @@ class Team(models.Model):
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.REVIEW)
     default_deadline_seconds = models.PositiveIntegerField(
         default=600, help_text="How long a held call waits for a decision before it expires (denied)."
+    )
+    rules_version = models.PositiveBigIntegerField(
+        default=new_rules_version,
+        help_text="A fresh random value on every rule change: web processes rebuild their compiled rules.",
     )
     rules_admins_only = models.BooleanField(
         default=False, help_text="Only team admins may create rules (Always-Allow included)."
@@ -113,6 +123,40 @@ class Rule(models.Model):
         return f"{self.effect} {self.server}/{self.tool}"
 
 
+class ToolPin(models.Model):
+    """A tool's definition as a team first saw it (trust on first use), and any later change.
+
+    A call to a tool whose current definition differs from the approved one is held for a human even
+    where an allow rule matches (rug-pull defence), until a reviewer accepts the new definition.
+    """
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="tool_pins")
+    server = models.CharField(max_length=128)
+    tool = models.CharField(max_length=128)
+    approved_hash = models.CharField(max_length=64)
+    approved_definition = models.JSONField(default=dict)
+    current_hash = models.CharField(max_length=64)
+    current_definition = models.JSONField(default=dict)
+    first_seen_at = models.DateTimeField(default=timezone.now)
+    changed_at = models.DateTimeField(null=True, blank=True)
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    approved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["team", "server", "tool"], name="one_pin_per_team_tool")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.server}/{self.tool}"
+
+    @property
+    def changed(self) -> bool:
+        return self.current_hash != self.approved_hash
+
+
 class ToolCall(models.Model):
     """One ``tools/call`` from a bridge, from arrival to its result. See DESIGN §3 for the states."""
 
@@ -149,6 +193,11 @@ class ToolCall(models.Model):
     )
     decided_via = models.CharField(max_length=8, choices=DecidedVia.choices, blank=True)
     rule = models.ForeignKey(Rule, null=True, blank=True, on_delete=models.SET_NULL, related_name="calls")
+    risks = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Warnings for the reviewer: guard findings, a changed tool definition.",
+    )
     started_at = models.DateTimeField(null=True, blank=True, help_text="When a bridge claimed it to run.")
     finished_at = models.DateTimeField(null=True, blank=True)
     result_summary = models.CharField(max_length=2000, blank=True)
@@ -166,18 +215,38 @@ class ToolCall(models.Model):
 
 
 class AuditEvent(models.Model):
-    """An append-only record of what happened: a call's step, or a change to tokens, rules or members."""
+    """An append-only record of what happened: a call's step, or a change to tokens, rules or members.
 
-    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    Written only by ``approvals.services.audit.audit_record``; the database refuses UPDATE and DELETE
+    of these rows, and each row is chained to the one before by hash (see docs/audit.md). The four
+    references are plain ids without a database constraint and are never cleared: deleting a team, user,
+    token or call leaves its audit rows untouched (and the id dangling).
+    """
+
+    team = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
     """The team it concerns; empty for events about a user alone."""
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
     )
-    """Who did it; empty when Signoff did it (rules, deadlines)."""
-    token = models.ForeignKey(BridgeToken, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    """Who did it; empty when Signoff did it (rules, deadlines). Their name is also in ``data["actor"]``."""
+    token = models.ForeignKey(
+        BridgeToken, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
     """The bridge token involved, if any."""
     call = models.ForeignKey(
-        ToolCall, null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
+        ToolCall,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="events",
     )
     """The call involved, if any."""
     kind = models.CharField(max_length=40)
@@ -186,6 +255,12 @@ class AuditEvent(models.Model):
     """When it happened."""
     data = models.JSONField(default=dict)
     """Details of the event (reason, rule, result summary…); never a secret."""
+    seq = models.PositiveBigIntegerField(unique=True)
+    """Position in the one audit chain: 1, 2, 3… without a gap."""
+    prev_hash = models.CharField(max_length=64)
+    """``hash`` of the event at ``seq - 1``; 64 zeros for the first."""
+    hash = models.CharField(max_length=64)
+    """SHA-256 (hex) of this event's canonical form, which includes ``prev_hash``."""
 
     class Meta:
         indexes: ClassVar = [models.Index(fields=["team", "created_at"], name="audit_team_time")]

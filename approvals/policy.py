@@ -106,7 +106,8 @@ class Constraint:
 
     def describe(self) -> str:
         """``path op value`` for reasons and lists, the value cut short."""
-        return f"{self.path} {self.op} {_short(json.dumps(_thaw(self.value), ensure_ascii=False))}"
+        where = self.path or "(all arguments)"
+        return f"{where} {self.op} {_short(json.dumps(_thaw(self.value), ensure_ascii=False))}"
 
 
 def parse_constraints(raw: Any) -> tuple[Constraint, ...]:
@@ -140,7 +141,9 @@ def parse_constraints(raw: Any) -> tuple[Constraint, ...]:
 
 
 def _parse_path(path: Any) -> tuple[str, ...]:
-    if not isinstance(path, str) or not path:
+    if path == "":
+        return ()  # RFC 6901: the empty pointer is the whole document, here all the arguments
+    if not isinstance(path, str):
         raise PolicyError("must be an argument name or a JSON pointer starting with '/'", field="path")
     if not path.startswith("/"):
         return (path,)

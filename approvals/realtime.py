@@ -14,6 +14,7 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 
 from approvals.models import ToolCall
+from approvals.scopes import suggested_constraints
 from mcpbridge import protocol
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ def call_payload(call: ToolCall) -> dict[str, Any]:
         "token": call.token.name,
         "state": call.state,
         "reason": call.reason,
+        "risks": call.risks,
+        "suggested_constraints": suggested_constraints(call.arguments),
         "created_at": call.created_at.isoformat(),
         "deadline": call.deadline.isoformat(),
         "decided_by": call.decided_by.get_username() if call.decided_by else None,

@@ -6,11 +6,12 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_out
-from django.db.models.signals import post_save, pre_save
+from django.db.models.signals import post_delete, post_save, pre_save
 from django.dispatch import receiver
 from django.http import HttpRequest
 
 from approvals import realtime
+from approvals.models import Rule, Team, new_rules_version
 
 
 @receiver(user_logged_out)
@@ -41,3 +42,10 @@ def end_access_of_deactivated_user(sender: Any, instance: Any, created: bool, **
         from approvals.services.teams import user_access_end
 
         user_access_end(user=instance)
+
+
+@receiver(post_save, sender=Rule)
+@receiver(post_delete, sender=Rule)
+def bump_rules_version(sender: Any, instance: Rule, **kwargs: Any) -> None:
+    """Any change to a rule, from anywhere, makes every process rebuild the team's compiled rules."""
+    Team.objects.filter(pk=instance.team_id).update(rules_version=new_rules_version())

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from approvals import views
+from approvals import rules_views, views
 
 app_name = "approvals"
 
@@ -13,4 +13,13 @@ urlpatterns = [
     path("members/", views.members, name="members"),
     path("members/<int:membership_id>/role/", views.member_role, name="member_role"),
     path("members/<int:membership_id>/remove/", views.member_remove_view, name="member_remove"),
+    path("rules/", rules_views.rules_list, name="rules"),
+    path("rules/new/", rules_views.rule_new, name="rule_new"),
+    path("rules/dry-run/", rules_views.rules_dry_run, name="rules_dry_run"),
+    path("rules/export/", rules_views.rules_export, name="rules_export"),
+    path("rules/import/", rules_views.rules_import, name="rules_import"),
+    path("rules/<int:rule_id>/", rules_views.rule_detail, name="rule_detail"),
+    path("rules/<int:rule_id>/edit/", rules_views.rule_edit, name="rule_edit"),
+    path("rules/<int:rule_id>/enabled/", rules_views.rule_enabled, name="rule_enabled"),
+    path("rules/<int:rule_id>/delete/", rules_views.rule_delete_view, name="rule_delete"),
 ]

@@ -16,9 +16,12 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from approvals import access, guards, policy, realtime
-from approvals.models import BridgeToken, Rule, Team, ToolCall
+from approvals import access, guards, policy, realtime, scopes
+from approvals.models import BridgeToken, Rule, ToolCall, ToolPin
+from approvals.scopes import Scope
 from approvals.services.audit import audit_record
+from approvals.services.rules import RuleInvalid, rule_create, rule_spec
+from approvals.services.tools import tool_pin_accept
 from mcpbridge.protocol import arguments_hash
 
 State = ToolCall.State
@@ -74,6 +77,7 @@ def call_submit(
     arguments: dict[str, Any],
     tool_hash: str | None,
     input_schema: dict[str, Any] | None = None,
+    annotations: dict[str, Any] | None = None,
     timeout: int | None = None,
 ) -> Submitted:
     """Take a call from a bridge: re-attach to the same held call, or decide it by policy, or hold it.
@@ -91,7 +95,12 @@ def call_submit(
     with transaction.atomic():
         # The database is the truth: a revocation counts even if its broadcast was lost.
         current = BridgeToken.objects.filter(pk=token.pk).values(
-            "revoked_at", "expires_at", "user__is_active"
+            "revoked_at",
+            "expires_at",
+            "user__is_active",
+            "team__mode",
+            "team__rules_version",
+            "team__default_deadline_seconds",
         )
         row = current.first()
         if (
@@ -124,6 +133,7 @@ def call_submit(
             return Submitted(existing, run=run, reattached=True)
 
         findings: list[guards.Finding] = []
+        risks: list[dict[str, str]] = []
         if tool_hash is None:
             verdict = policy.Verdict("deny", f"denied: the server '{server}' has no tool named '{tool}'")
         else:
@@ -132,11 +142,28 @@ def call_submit(
             if blocks:
                 verdict = policy.Verdict("deny", _invalid_input_reason(blocks))
             else:
-                verdict = team_ruleset(team).evaluate(
-                    server=server, tool=tool, arguments=arguments, mode=team.mode, now=now
+                ruleset = team_ruleset(team.pk, version=row["team__rules_version"])
+                verdict = ruleset.evaluate(
+                    server=server, tool=tool, arguments=arguments, mode=row["team__mode"], now=now
                 )
+                risks = [
+                    {"kind": f.kind, "severity": f.severity, "pointer": f.pointer, "message": f.message}
+                    for f in findings
+                ]
+                risks += _annotation_risks(annotations or {})
+                pinned = ToolPin.objects.filter(team=team, server=server, tool=tool).values_list(
+                    "approved_hash", flat=True
+                )
+                approved_hash = pinned.first()
+                if approved_hash is not None and approved_hash != tool_hash:
+                    message = "the tool's definition changed since it was approved"
+                    risks.insert(
+                        0, {"kind": "tool_changed", "severity": "warn", "pointer": "", "message": message}
+                    )
+                    if verdict.outcome == "allow":
+                        verdict = policy.Verdict("review", f"held: {message} (a rule would allow it)")
 
-        seconds = team.default_deadline_seconds
+        seconds = row["team__default_deadline_seconds"]
         if timeout:
             seconds = min(seconds, timeout)
         state = {"allow": State.ALLOWED, "deny": State.DENIED, "review": State.PENDING}[verdict.outcome]
@@ -150,6 +177,7 @@ def call_submit(
             arguments=arguments,
             arguments_hash=args_hash,
             tool_hash=tool_hash or "",
+            risks=risks,
             state=state,
             reason=verdict.reason,
             deadline=now + timedelta(seconds=seconds),
@@ -187,27 +215,41 @@ def _invalid_input_reason(blocks: list[guards.Finding]) -> str:
     return f"denied: invalid input{where}: {first.message}{more}"[:900]
 
 
-def team_ruleset(team: Team) -> policy.RuleSet:
-    """The team's enabled rules, compiled, in creation order. A rule that no longer parses denies
-    every call it could match (fail closed), so a broken rule never widens what is allowed."""
-    specs = []
-    for rule in Rule.objects.filter(team=team, enabled=True).order_by("id"):
-        try:
-            constraints = policy.parse_constraints(rule.constraints or [])
-            effect = rule.effect
-        except policy.PolicyError:
-            constraints, effect = (), Rule.Effect.DENY
-        specs.append(
-            policy.RuleSpec(
-                id=rule.pk,
-                effect=effect,  # type: ignore[arg-type]
-                server=rule.server,
-                tool=rule.tool,
-                constraints=constraints,
-                expires_at=rule.expires_at,
-            )
-        )
-    return policy.compile_rules(specs)
+_ANNOTATION_RISKS = {
+    "destructiveHint": "the tool says it may destroy or overwrite data",
+    "openWorldHint": "the tool says it reaches the outside world",
+}
+
+
+def _annotation_risks(annotations: dict[str, Any]) -> list[dict[str, str]]:
+    """The tool's own annotations, as badges for the reviewer."""
+    risks = [
+        {"kind": name, "severity": "info", "pointer": "", "message": message}
+        for name, message in _ANNOTATION_RISKS.items()
+        if annotations.get(name) is True
+    ]
+    if annotations.get("readOnlyHint") is True:
+        risks.append({"kind": "readOnlyHint", "severity": "info", "pointer": "", "message": "read-only"})
+    return risks
+
+
+_RULESETS: dict[int, tuple[int, policy.RuleSet]] = {}
+"""Per process: each team's compiled rules, with the ``rules_version`` they were built at."""
+
+
+def team_ruleset(team_id: int, *, version: int) -> policy.RuleSet:
+    """The team's enabled rules, compiled, in creation order; rebuilt when ``version`` moved.
+
+    A rule that no longer parses denies every call it could match (fail closed), so a broken rule never
+    widens what is allowed.
+    """
+    cached = _RULESETS.get(team_id)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    specs = [rule_spec(rule) for rule in Rule.objects.filter(team_id=team_id, enabled=True).order_by("id")]
+    ruleset = policy.compile_rules(specs)
+    _RULESETS[team_id] = (version, ruleset)
+    return ruleset
 
 
 def _claim(call: ToolCall, *, now: Any) -> bool:
@@ -277,16 +319,22 @@ def call_decide(
     allow: bool,
     reason: str = "",
     always_allow: bool = False,
+    scope: Scope = "tool",
+    constraints: list[dict[str, Any]] | None = None,
 ) -> ToolCall:
-    """A reviewer's decision. Raises PermissionDenied, CallNotFound or CallAlreadyDecided.
+    """A reviewer's decision. Raises PermissionDenied, CallNotFound, CallAlreadyDecided or InvalidRule.
 
-    With ``always_allow`` an allow rule for the call's server and tool is created in the same
-    transaction as the decision.
+    With ``always_allow`` an allow rule is created in the same transaction as the decision, scoped to
+    ``exact`` (this very call), ``constraints`` (the given ones, which must match this call) or
+    ``tool`` (any arguments). A team that keeps rules to its admins refuses it from a reviewer.
     """
     now = timezone.now()
     with transaction.atomic():
         call = _load(call_id)
         access.require_decide(reviewer, call)
+        rule_constraints: list[dict[str, Any]] | None = None
+        if allow and always_allow:
+            rule_constraints = _always_allow_constraints(call, reviewer, scope, constraints)
         reason = reason.replace("\x00", "").strip()[:1000]  # PostgreSQL text has no NUL
         if allow:
             who = reviewer.get_username()
@@ -306,35 +354,58 @@ def call_decide(
             if call.state == State.PENDING:  # past its deadline; the sweeper had not reached it yet
                 _expire(call, now=now)
         else:
-            _record_decision(call, reviewer=reviewer, text=text, always_allow=allow and always_allow)
+            try:
+                _record_decision(call, reviewer=reviewer, text=text, rule_constraints=rule_constraints)
+            except RuleInvalid as exc:  # rolls the decision back with the rule: the call stays held
+                raise InvalidRule(str(exc)) from None
     if not changed:
         raise CallAlreadyDecided(call)
     return call
 
 
-def _record_decision(call: ToolCall, *, reviewer: AbstractBaseUser, text: str, always_allow: bool) -> None:
+class InvalidRule(Exception):
+    """An Always-Allow rule that cannot be made as asked; the call stays held."""
+
+
+def _always_allow_constraints(
+    call: ToolCall, reviewer: AbstractBaseUser, scope: str, constraints: list[dict[str, Any]] | None
+) -> list[dict[str, Any]]:
+    if call.team.rules_admins_only and not access.is_admin(reviewer, call.team):
+        raise InvalidRule("Only the team's admins may create rules: use Allow instead.")
+    if scope == "exact":
+        return scopes.exact_call(call.arguments)
+    if scope == "tool":
+        return []
+    if scope != "constraints":
+        raise InvalidRule(f"Unknown scope {scope!r}: choose exact, constraints or tool.")
+    try:
+        parsed = policy.parse_constraints(constraints if constraints is not None else [])
+    except policy.PolicyError as exc:
+        raise InvalidRule(str(exc)) from None
+    spec = policy.RuleSpec(id=0, effect="allow", server=call.server, tool=call.tool, constraints=parsed)
+    if not spec.applies(call.arguments):
+        raise InvalidRule(
+            "These constraints do not match the held call's own arguments: " + spec.explain(call.arguments)
+        )
+    return [constraint.to_dict() for constraint in parsed]
+
+
+def _record_decision(
+    call: ToolCall, *, reviewer: AbstractBaseUser, text: str, rule_constraints: list[dict[str, Any]] | None
+) -> None:
     """Audit and broadcast a reviewer's decision (and its Always-Allow rule), inside its transaction."""
     call.refresh_from_db()
     rule = None
-    if always_allow:
-        rule = Rule.objects.create(
+    if rule_constraints is not None:
+        rule = rule_create(
             team=call.team,
+            by=reviewer,
             effect=Rule.Effect.ALLOW,
             server=call.server,
             tool=call.tool,
+            constraints=rule_constraints,
             note=f"Always-Allow from call {call.pk}",
-            created_by_id=reviewer.pk,
             created_from_call=call,
-        )
-        audit_record(
-            kind="rule.created",
-            team=call.team,
-            actor_id=reviewer.pk,
-            call=call,
-            rule=rule.pk,
-            effect=rule.effect,
-            server=rule.server,
-            tool=rule.tool,
         )
     audit_record(
         kind=f"call.{call.state}",
@@ -347,6 +418,22 @@ def _record_decision(call: ToolCall, *, reviewer: AbstractBaseUser, text: str, a
     )
     realtime.call_changed(call)
     realtime.decision_changed(call)
+
+
+def call_tool_definition_accept(*, call_id: str, reviewer: AbstractBaseUser) -> bool:
+    """From a held call: accept its tool's changed definition (the one the call was made against).
+
+    The call itself stays held for a decision. False when there was nothing to accept.
+    """
+    call = _load(call_id)
+    access.require_decide(reviewer, call)
+    return tool_pin_accept(
+        team=call.team,
+        server=call.server,
+        tool=call.tool,
+        tool_hash=call.tool_hash,
+        by=reviewer,  # type: ignore[arg-type]
+    )
 
 
 def _expire(call: ToolCall, *, now: Any) -> bool:
@@ -385,10 +472,11 @@ def calls_deny_for_token(*, token: BridgeToken, reason: str) -> int:
     Returns how many calls this denied; a call decided concurrently keeps that decision.
     """
     now = timezone.now()
+    # Lock them all before the first audit_record takes the chain's lock (see services/audit.py).
     held = list(
-        _with_relations().filter(
-            token=token, state__in=[State.PENDING, State.ALLOWED], started_at__isnull=True
-        )
+        _with_relations()
+        .select_for_update(of=("self",))
+        .filter(token=token, state__in=[State.PENDING, State.ALLOWED], started_at__isnull=True)
     )
     denied = 0
     for call in held:
@@ -403,6 +491,17 @@ def calls_deny_for_token(*, token: BridgeToken, reason: str) -> int:
         realtime.call_changed(call)
         realtime.decision_changed(call)
     return denied
+
+
+def calls_lock_held_of(*, user_id: int, team_id: int | None = None) -> None:
+    """Lock a person's held calls (in one team, or all) before an offboarding writes its first audit
+    event: offboarding and a reviewer's decision then take row locks and the chain's lock in one order."""
+    held = ToolCall.objects.select_for_update().filter(
+        token__user_id=user_id, state__in=[State.PENDING, State.ALLOWED], started_at__isnull=True
+    )
+    if team_id is not None:
+        held = held.filter(team_id=team_id)
+    list(held.values_list("pk", flat=True))
 
 
 def call_states_for_bridge(*, token: BridgeToken, call_ids: list[str]) -> list[ToolCall]:

@@ -12,6 +12,7 @@ from approvals import realtime
 from approvals.access import REVIEW_ROLES
 from approvals.models import BridgeToken, Membership, Team
 from approvals.services.audit import audit_record
+from approvals.services.calls import calls_lock_held_of
 from approvals.services.tokens import token_revoke
 
 
@@ -104,6 +105,7 @@ def member_remove(*, team: Team, user: User, by: User | None = None) -> bool:
             return False
         if membership.role == Membership.Role.ADMIN and not _other_admins(team, user):
             raise LastAdminError("A team needs at least one admin: make someone else admin first.")
+        calls_lock_held_of(user_id=user.pk, team_id=team.pk)
         membership.delete()
         for token in BridgeToken.objects.select_related("team").filter(team=team, user=user, revoked_at=None):
             token_revoke(token=token, by=by, reason=f"{user.get_username()} was removed from the team")
@@ -138,6 +140,7 @@ def user_access_end(*, user: User, by: User | None = None) -> None:
     Also run when a user is deactivated elsewhere (Django's admin), through a signal.
     """
     with transaction.atomic():
+        calls_lock_held_of(user_id=user.pk)
         for token in BridgeToken.objects.select_related("team").filter(user=user, revoked_at=None):
             token_revoke(token=token, by=by, reason=f"{user.get_username()} was deactivated")
         realtime.review_access_ended(user_id=user.pk, team_id=None, reason="your account was deactivated")

@@ -80,6 +80,9 @@ def token_revoke(*, token: BridgeToken, by: User | None, reason: str = "token re
         if not changed:
             return False
         token.revoked_at = now
+        # Row locks before the audit chain's lock (taken by the first audit_record): a reviewer deciding
+        # one of these calls takes them in the same order, so the two cannot deadlock.
+        calls_deny_for_token(token=token, reason=f"denied: {reason}")
         audit_record(
             kind="token.revoked",
             team=token.team,
@@ -87,6 +90,5 @@ def token_revoke(*, token: BridgeToken, by: User | None, reason: str = "token re
             token=token,
             name=token.name,
         )
-        calls_deny_for_token(token=token, reason=f"denied: {reason}")
         realtime.send_on_commit(realtime.bridge_group(token.pk), {"type": "bridge.revoked", "reason": reason})
     return True

@@ -52,6 +52,7 @@
     element.querySelector(".call-requester").textContent = call.requester;
     element.querySelector(".call-token").textContent = call.token;
     element.querySelector(".call-arguments").textContent = JSON.stringify(call.arguments, null, 2);
+    renderRisks(element, call);
     const form = element.querySelector("form");
     form.action = `/calls/${encodeURIComponent(call.id)}/decide/`;
     form.addEventListener("submit", (event) => {
@@ -62,10 +63,74 @@
       form.querySelectorAll("button").forEach((b) => (b.disabled = true));
       socket.send(JSON.stringify({ type: "decide", call_id: call.id, decision, reason }));
     });
+    setUpAlwaysAllow(element, call);
     cards.set(call.id, { element, call });
     list.appendChild(element);
     refreshCounts();
     tick();
+  }
+
+  function renderRisks(element, call) {
+    const list = element.querySelector(".call-risks");
+    list.replaceChildren();
+    for (const risk of call.risks || []) {
+      const item = document.createElement("li");
+      item.className = `risk risk-${risk.severity}`;
+      item.dataset.kind = risk.kind;
+      const label = document.createElement("span");
+      label.className = "risk-kind";
+      label.textContent = risk.kind.replace(/Hint$/, "").replace(/_/g, " ");
+      item.appendChild(label);
+      item.appendChild(document.createTextNode(` ${risk.message}`));
+      if (risk.pointer) {
+        const where = document.createElement("code");
+        where.textContent = risk.pointer;
+        item.appendChild(document.createTextNode(" at "));
+        item.appendChild(where);
+      }
+      if (risk.kind === "tool_changed") {
+        const accept = document.createElement("button");
+        accept.type = "button";
+        accept.className = "btn btn-small";
+        accept.textContent = "Accept the new definition";
+        accept.addEventListener("click", () => {
+          accept.disabled = true;
+          socket.send(JSON.stringify({ type: "accept_tool", call_id: call.id }));
+        });
+        item.appendChild(document.createTextNode(" "));
+        item.appendChild(accept);
+      }
+      list.appendChild(item);
+    }
+  }
+
+  function setUpAlwaysAllow(element, call) {
+    const form = element.querySelector(".always-form");
+    const textarea = form.querySelector("textarea");
+    textarea.value = JSON.stringify(call.suggested_constraints || [], null, 2);
+    const destructive = (call.risks || []).some((risk) => risk.kind === "destructiveHint");
+    form.querySelector(".destructive-warning").hidden = !destructive;
+    textarea.addEventListener("focus", () => (form.querySelector("input[value=constraints]").checked = true));
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      if (!socket || socket.readyState !== WebSocket.OPEN) return;
+      const scope = form.querySelector("input[name=scope]:checked").value;
+      let constraints = null;
+      if (scope === "constraints") {
+        try {
+          constraints = JSON.parse(textarea.value);
+        } catch (e) {
+          showCardError(call.id, `The constraints are not valid JSON: ${e.message}`);
+          return;
+        }
+      }
+      if (scope === "tool" && destructive && !window.confirm("This tool may destroy data. Allow every call of it, with any arguments?")) {
+        return;
+      }
+      const reason = element.querySelector("input[name=reason]").value;
+      element.querySelectorAll("button").forEach((b) => (b.disabled = true));
+      socket.send(JSON.stringify({ type: "decide", call_id: call.id, decision: "always_allow", scope, constraints, reason }));
+    });
   }
 
   function removeCard(id) {
@@ -97,6 +162,15 @@
     } else if (message.type === "call") {
       if (message.call.state === "pending") addCard(message.call);
       else removeCard(message.call.id);
+    } else if (message.type === "tool_accepted") {
+      const entry = cards.get(message.call_id);
+      const item = entry && entry.element.querySelector(".risk[data-kind=tool_changed]");
+      if (item) {
+        item.className = "risk risk-info";
+        item.textContent = message.accepted
+          ? "New tool definition accepted: rules apply to it again from the next call."
+          : "Nothing to accept: the definition was already accepted or changed again.";
+      }
     } else if (message.type === "decided") {
       removeCard(message.call_id);
     } else if (message.type === "error") {

@@ -36,7 +36,7 @@ async def test_resources_prompts_and_ping_pass_through_untouched(
         prompts = await b.session.list_prompts()
         prompt = await b.session.get_prompt("greet")
         await b.session.send_ping()
-    assert [t.name for t in tools.tools] == ["echo", "write_file", "slow", "crash", "grow"]
+    assert [t.name for t in tools.tools] == ["echo", "write_file", "slow", "crash", "mutate", "grow"]
     assert tools.tools[1].annotations.destructive_hint is True
     assert [str(r.uri) for r in resources.resources] == ["memo://readme"]
     assert contents.contents[0].text == "hello from a resource"

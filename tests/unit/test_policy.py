@@ -411,7 +411,6 @@ def test_json_pointers_reach_nested_values(path: str, value: Any, holds: bool) -
         ([{"path": "x", "value": 1}], "constraints[0].op: is required"),
         ([{"path": "x", "op": "equals"}], "constraints[0].value: is required"),
         ([{"path": "x", "op": "equals", "value": 1, "note": "?"}], "constraints[0]: unknown field 'note'"),
-        ([{"path": "", "op": "equals", "value": 1}], "constraints[0].path:"),
         ([{"path": 3, "op": "equals", "value": 1}], "constraints[0].path:"),
         ([{"path": "/a~2b", "op": "equals", "value": 1}], "constraints[0].path: invalid JSON pointer"),
         ([{"path": "x", "op": "contains", "value": 1}], "constraints[0].op: unknown operator 'contains'"),
@@ -822,3 +821,10 @@ def test_candidates_come_back_in_rule_order_across_exact_and_glob_buckets() -> N
     ]
     candidates = compile_rules(rules).candidates(server="files", tool="read_file")
     assert [spec.id for _, spec in candidates] == [1, 2, 3, 4]
+
+
+def test_the_empty_pointer_constrains_all_the_arguments_at_once() -> None:
+    (exact,) = parse_constraints([{"path": "", "op": "equals", "value": {"path": "/srv/a", "n": 1}}])
+    assert exact.test({"n": 1, "path": "/srv/a"}) is True
+    assert exact.test({"n": 1, "path": "/srv/a", "mode": "append"}) is False
+    assert exact.describe() == '(all arguments) equals {"path": "/srv/a", "n": 1}'
