@@ -142,7 +142,9 @@ def export_text(team: Team, *, fmt: Format = "yaml") -> str:
         f"# Signoff policy file (schema version {SCHEMA_VERSION}), see docs/policy-as-code.md.\n"
         f"# Import with: manage.py import_rules TEAM FILE (or Rules → Import).\n"
     )
-    return header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+    # allow_unicode=False: YAML would read some characters written raw (U+0085 NEL, C1 controls) back as
+    # other text; escaped, every string survives the round trip.
+    return header + yaml.safe_dump(document, sort_keys=False, allow_unicode=False, width=100)
 
 
 # --- reading -------------------------------------------------------------------------------------------
@@ -189,7 +191,10 @@ def _index(node: yaml.Node, path: Path, lines: dict[Path, int], seen: set[int]) 
 
 
 def _load_yaml(text: str) -> tuple[Any, dict[Path, int]]:
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the reader already refuses characters YAML does not allow
+    except yaml.YAMLError as error:
+        raise _Unreadable(None, f"not valid YAML: {error}") from None
     try:
         node = loader.get_single_node()
         if node is None:

@@ -151,17 +151,13 @@ def call_submit(
                     for f in findings
                 ]
                 risks += _annotation_risks(annotations or {})
-                pinned = ToolPin.objects.filter(team=team, server=server, tool=tool).values_list(
-                    "approved_hash", flat=True
-                )
-                approved_hash = pinned.first()
-                if approved_hash is not None and approved_hash != tool_hash:
-                    message = "the tool's definition changed since it was approved"
-                    risks.insert(
-                        0, {"kind": "tool_changed", "severity": "warn", "pointer": "", "message": message}
-                    )
+                pin = ToolPin.objects.filter(team=team, server=server, tool=tool).first()
+                if pin is not None and pin.approved_hash != tool_hash:
+                    risks.insert(0, _tool_change_risk(pin))
                     if verdict.outcome == "allow":
-                        verdict = policy.Verdict("review", f"held: {message} (a rule would allow it)")
+                        verdict = policy.Verdict(
+                            "review", f"held: {risks[0]['message']} (a rule would allow it)"
+                        )
 
         seconds = row["team__default_deadline_seconds"]
         if timeout:
@@ -213,6 +209,23 @@ def _invalid_input_reason(blocks: list[guards.Finding]) -> str:
     where = f" at {first.pointer}" if first.pointer else ""
     more = f" (and {len(blocks) - 1} more)" if len(blocks) > 1 else ""
     return f"denied: invalid input{where}: {first.message}{more}"[:900]
+
+
+def _tool_change_risk(pin: ToolPin) -> dict[str, Any]:
+    """The reviewer's warning for an unapproved tool definition, with the old and new definition."""
+    message = (
+        "a new tool on a known server: an admin has not accepted it yet"
+        if not pin.approved_hash
+        else "the tool's definition changed since it was approved"
+    )
+    return {
+        "kind": "tool_changed",
+        "severity": "warn",
+        "pointer": "",
+        "message": message,
+        "before": pin.approved_definition,
+        "after": pin.current_definition,
+    }
 
 
 _ANNOTATION_RISKS = {
@@ -421,12 +434,12 @@ def _record_decision(
 
 
 def call_tool_definition_accept(*, call_id: str, reviewer: AbstractBaseUser) -> bool:
-    """From a held call: accept its tool's changed definition (the one the call was made against).
+    """From a held call: an admin accepts its tool's changed definition (the one the call was made against).
 
     The call itself stays held for a decision. False when there was nothing to accept.
     """
     call = _load(call_id)
-    access.require_decide(reviewer, call)
+    access.require_admin(reviewer, call.team)
     return tool_pin_accept(
         team=call.team,
         server=call.server,

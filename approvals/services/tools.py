@@ -23,8 +23,9 @@ def _definition(tool: protocol.ToolInfo) -> dict[str, Any]:
 
 
 def tools_seen(*, team: Team, server: str, tools: list[protocol.ToolInfo]) -> list[str]:
-    """Record the tools a bridge announced. The first definition seen is approved (trust on first use);
-    a later, different one is recorded as a change, audited, and holds the tool's calls for a human.
+    """Record the tools a bridge announced. The first definitions seen of a server are approved (trust on
+    first use); a later, different one — or a tool that appears later on that server — is recorded,
+    audited, and holds the tool's calls for a human until an admin accepts it.
 
     Returns the names of the tools whose definition now differs from the approved one.
     """
@@ -32,23 +33,29 @@ def tools_seen(*, team: Team, server: str, tools: list[protocol.ToolInfo]) -> li
     changed: list[str] = []
     with transaction.atomic():
         pins = {pin.tool: pin for pin in ToolPin.objects.select_for_update().filter(team=team, server=server)}
+        known_server = bool(pins)
         new = []
         for tool in tools:
             pin = pins.get(tool.name)
             if pin is None:
                 definition = _definition(tool)
+                # A server seen before that grows a tool: the new tool waits for an admin like a change.
                 new.append(
                     ToolPin(
                         team=team,
                         server=server,
                         tool=tool.name,
-                        approved_hash=tool.hash,
-                        approved_definition=definition,
+                        approved_hash="" if known_server else tool.hash,
+                        approved_definition={} if known_server else definition,
                         current_hash=tool.hash,
                         current_definition=definition,
                         first_seen_at=now,
+                        changed_at=now if known_server else None,
                     )
                 )
+                if known_server:
+                    changed.append(tool.name)
+                    audit_record(kind="tool.added", team=team, server=server, tool=tool.name, hash=tool.hash)
                 continue
             if pin.current_hash != tool.hash:
                 pin.current_hash = tool.hash
@@ -66,7 +73,7 @@ def tools_seen(*, team: Team, server: str, tools: list[protocol.ToolInfo]) -> li
 
 
 def tool_pin_accept(*, team: Team, server: str, tool: str, tool_hash: str, by: User) -> bool:
-    """A reviewer accepts the tool's current definition (the one with ``tool_hash``). False if it is
+    """An admin accepts the tool's current definition (the one with ``tool_hash``). False if it is
     not the current one any more (it changed again meanwhile) or was already approved."""
     with transaction.atomic():
         pin = ToolPin.objects.select_for_update().filter(team=team, server=server, tool=tool).first()

@@ -89,6 +89,21 @@
         item.appendChild(where);
       }
       if (risk.kind === "tool_changed") {
+        const change = document.createElement("details");
+        const summary = document.createElement("summary");
+        summary.textContent = "Show the change";
+        change.appendChild(summary);
+        for (const [label, definition] of [["Approved", risk.before], ["Announced now", risk.after]]) {
+          const heading = document.createElement("strong");
+          heading.textContent = label;
+          const body = document.createElement("pre");
+          body.className = "definition";
+          body.textContent = definition && Object.keys(definition).length ? JSON.stringify(definition, null, 2) : "(none)";
+          change.append(heading, body);
+        }
+        item.appendChild(change);
+      }
+      if (risk.kind === "tool_changed" && root.dataset.canAcceptTools === "yes") {
         const accept = document.createElement("button");
         accept.type = "button";
         accept.className = "btn btn-small";

@@ -386,6 +386,16 @@ def call_row(call_id: str) -> Any:
     return ToolCall.objects.get(pk=call_id)
 
 
+async def reported(call_id: str, timeout: float = 10.0) -> Any:
+    """The call once the bridge's result report reached Signoff (it is sent after the client's answer)."""
+    import anyio
+
+    with anyio.fail_after(timeout):
+        while (row := call_row(call_id)).finished_at is None:
+            await anyio.sleep(0.05)
+    return row
+
+
 # --- the browser ----------------------------------------------------------------------------------
 CHROMIUM = os.environ.get("SIGNOFF_CHROMIUM", "/usr/bin/chromium")
 

@@ -13,6 +13,7 @@ from tests.e2e.conftest import (
     call_row,
     free_port,
     make_team,
+    reported,
     reviewer_socket,
     text_of,
 )
@@ -43,7 +44,7 @@ async def test_pending_call_is_released_by_a_reviewer_and_returns_the_upstream_r
     assert not result.is_error
     assert text_of(result) == "hello <b>world</b>"
     assert [c["tool"] for c in b.upstream_calls()] == ["echo"]
-    row = call_row(held["id"])
+    row = await reported(held["id"])
     assert row.state == ToolCall.State.COMPLETED
     assert row.decided_by == team.reviewer
     assert row.result_summary == "hello <b>world</b>"
@@ -168,7 +169,7 @@ async def test_client_timeout_answers_early_and_the_repeated_call_runs_exactly_o
         again = await b.session.call_tool("write_file", {"path": "notes.txt", "content": "hi"})
         assert not again.is_error and text_of(again) == "wrote 2 bytes to notes.txt"
         assert len(b.upstream_calls()) == 1
-        assert call_row(held["id"]).state == ToolCall.State.COMPLETED
+        assert (await reported(held["id"])).state == ToolCall.State.COMPLETED
 
         # A different call is a new call, held on its own; the upstream still ran only once.
         other = await b.session.call_tool("write_file", {"path": "notes.txt", "content": "bye"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 
 from approvals.models import ToolCall
-from tests.e2e.conftest import ARTIFACTS, SignoffServer, TeamSetup, bridge, browser_login, text_of
+from tests.e2e.conftest import ARTIFACTS, SignoffServer, TeamSetup, bridge, browser_login, reported, text_of
 
 HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1</script>'
 
@@ -44,7 +44,7 @@ async def test_reviewer_allows_a_call_in_the_browser_and_the_model_gets_the_resu
         await card.wait_for(state="detached")
     assert text_of(outcome["result"]) == HOSTILE
     assert len(b.upstream_calls()) == 1
-    call = ToolCall.objects.get(team=team.team)
+    call = await reported(str(ToolCall.objects.get(team=team.team).pk))
     assert call.state == "completed" and call.decided_by == team.reviewer
 
     await page.click("text=History")

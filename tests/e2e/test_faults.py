@@ -12,7 +12,7 @@ from tests.e2e.conftest import (
     SignoffServer,
     TeamSetup,
     bridge,
-    call_row,
+    reported,
     reviewer_socket,
     running_server,
     text_of,
@@ -69,7 +69,7 @@ async def test_bridge_reattaches_after_a_server_restart_and_runs_the_allowed_cal
                 assert (await reviewer.decide(held["id"], "allow"))["state"] == "allowed"
     assert text_of(outcome["result"]) == "survived"
     assert len(b.upstream_calls()) == 1
-    assert call_row(held["id"]).state == ToolCall.State.COMPLETED
+    assert (await reported(held["id"])).state == ToolCall.State.COMPLETED
 
 
 async def test_revoked_token_is_refused_at_connect(signoff: SignoffServer, team: TeamSetup, tmp_path) -> None:

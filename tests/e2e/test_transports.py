@@ -12,6 +12,7 @@ import mcp.types as types
 import pytest
 
 from approvals.models import Rule, ToolCall
+from approvals.services.calls import call_decide, call_tool_definition_accept
 from tests.e2e.conftest import (
     BIN,
     PYTHON,
@@ -21,6 +22,7 @@ from tests.e2e.conftest import (
     bridge,
     child_env,
     free_port,
+    reported,
     reviewer_socket,
     text_of,
 )
@@ -56,21 +58,35 @@ async def test_tool_list_changes_are_forwarded_and_the_new_tool_is_known_to_sign
         if isinstance(message, types.ToolListChangedNotification):
             changed.set()
 
-    async with bridge(tmp_path, url=signoff.url, token=team.raw_token, message_handler=on_message) as b:
+    async with bridge(
+        tmp_path,
+        url=signoff.url,
+        token=team.raw_token,
+        message_handler=on_message,
+        bridge_args=("--client-timeout", "1"),
+    ) as b:
         unknown = await b.session.call_tool("extra", {})
         assert unknown.is_error and "no tool named 'extra'" in text_of(unknown)
         assert text_of(await b.session.call_tool("grow", {})) == "grown"
         with anyio.fail_after(10):
             await changed.wait()
         assert "extra" in [t.name for t in (await b.session.list_tools()).tools]
-        # The bridge re-read the upstream's tools and told Signoff: the new tool is no longer unknown.
+        # The bridge re-read the upstream's tools and told Signoff: the new tool is known now, but a tool that
+        # appears on a known server waits for a human even where a rule allows everything.
         with anyio.fail_after(10):
             while True:
                 result = await b.session.call_tool("extra", {})
-                if not result.is_error:
+                if "no tool named" not in text_of(result):
                     break
                 await anyio.sleep(0.2)
-    assert text_of(result) == "extra ran"
+        assert "still waiting for approval" in text_of(result)
+        held = ToolCall.objects.get(team=team.team, tool="extra", state="pending")
+        assert "new tool on a known server" in held.risks[0]["message"]
+        assert call_tool_definition_accept(call_id=str(held.pk), reviewer=team.reviewer)  # an admin
+        call_decide(call_id=str(held.pk), reviewer=team.reviewer, allow=True)
+        ran = await b.session.call_tool("extra", {})
+        again = await b.session.call_tool("extra", {"now": "by the rule"})
+    assert text_of(ran) == text_of(again) == "extra ran"
 
 
 async def test_upstream_progress_is_relayed_after_approval(
@@ -167,7 +183,7 @@ async def test_published_pypi_server_behind_the_bridge(
         await reviewer.decide(held["id"], "allow")
     payload = json.loads(text_of(outcome["result"]))
     assert payload["timezone"] == "Europe/Paris"
-    assert ToolCall.objects.get(pk=held["id"]).state == "completed"
+    assert (await reported(held["id"])).state == "completed"
 
 
 def test_nothing_but_mcp_reaches_stdout(signoff: SignoffServer, team: TeamSetup, tmp_path) -> None:

@@ -318,3 +318,15 @@ def test_import_rules_check_only_changes_nothing(team_a, tmp_path) -> None:
     assert not Rule.objects.exists()
     with pytest.raises(CommandError, match="Cannot read"):
         call_command("import_rules", "alpha", str(tmp_path / "missing.yaml"))
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "json"])
+@pytest.mark.parametrize("odd", ["a\x85b", "\x7f", "\x9f", "\ufffe"])
+def test_rules_with_odd_characters_survive_export_and_import(team_a, fmt: str, odd: str) -> None:
+    from approvals.models import Rule
+    from approvals.policyfile import export_text, import_text
+
+    Rule.objects.create(team=team_a, effect="allow", server="files", tool="read", note=odd)
+    text = export_text(team_a, fmt=fmt)
+    import_text(team=team_a, text=text, fmt=fmt, by=None)
+    assert Rule.objects.get(team=team_a).note == odd

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.core.exceptions import PermissionDenied
 
 from approvals import scopes
 from approvals.models import AuditEvent, Rule, Team, ToolCall, ToolPin
@@ -101,7 +102,7 @@ def test_a_new_rule_applies_to_the_next_call_at_once(member_token, submit, team_
 
 
 def test_first_definition_is_pinned_and_a_change_holds_calls_despite_an_allow_rule(
-    member_token, team_a, reviewer
+    member_token, team_a, reviewer, admin
 ) -> None:
     Rule.objects.create(team=team_a, effect="allow", server=SERVER, tool="read_file")
     assert tools_seen(team=team_a, server=SERVER, tools=[tool_info()]) == []
@@ -123,9 +124,14 @@ def test_first_definition_is_pinned_and_a_change_holds_calls_despite_an_allow_ru
     ).call
     assert held.state == ToolCall.State.PENDING
     assert held.risks[0]["kind"] == "tool_changed"
+    assert (
+        held.risks[0]["after"]["description"] == "now evil" and held.risks[0]["before"]["description"] is None
+    )
 
-    assert call_tool_definition_accept(call_id=str(held.pk), reviewer=reviewer) is True
-    assert call_tool_definition_accept(call_id=str(held.pk), reviewer=reviewer) is False
+    with pytest.raises(PermissionDenied):  # a reviewer sees the change; only an admin accepts it
+        call_tool_definition_accept(call_id=str(held.pk), reviewer=reviewer)
+    assert call_tool_definition_accept(call_id=str(held.pk), reviewer=admin) is True
+    assert call_tool_definition_accept(call_id=str(held.pk), reviewer=admin) is False
     pin = ToolPin.objects.get(team=team_a, tool="read_file")
     assert pin.approved_hash == OTHER and pin.approved_definition["description"] == "now evil"
     again = call_submit(
@@ -135,8 +141,6 @@ def test_first_definition_is_pinned_and_a_change_holds_calls_despite_an_allow_ru
 
 
 def test_an_outsider_cannot_accept_a_tool_definition(member_token, submit, outsider) -> None:
-    from django.core.exceptions import PermissionDenied
-
     held = submit(member_token.token).call
     with pytest.raises(PermissionDenied):
         call_tool_definition_accept(call_id=str(held.pk), reviewer=outsider)
@@ -154,3 +158,22 @@ def test_guard_warnings_and_tool_annotations_become_risks(member_token, team_a) 
     kinds = {risk["kind"] for risk in held.risks}
     assert {"sql", "destructiveHint"} <= kinds
     assert all(risk["severity"] in {"warn", "info"} for risk in held.risks)
+
+
+def test_a_new_tool_on_a_known_server_waits_for_an_admin(member_token, team_a, admin) -> None:
+    Rule.objects.create(team=team_a, effect="allow", server=SERVER, tool="*")
+    tools_seen(team=team_a, server=SERVER, tools=[tool_info()])
+    assert tools_seen(team=team_a, server=SERVER, tools=[tool_info(), tool_info("delete_all", OTHER)]) == [
+        "delete_all"
+    ]
+    assert AuditEvent.objects.filter(kind="tool.added").count() == 1
+    held = call_submit(
+        token=member_token.token, server=SERVER, tool="delete_all", arguments={}, tool_hash=OTHER
+    )
+    assert held.call.state == ToolCall.State.PENDING
+    assert "new tool on a known server" in held.call.risks[0]["message"]
+    assert call_tool_definition_accept(call_id=str(held.call.pk), reviewer=admin) is True
+    again = call_submit(
+        token=member_token.token, server=SERVER, tool="delete_all", arguments={"x": 1}, tool_hash=OTHER
+    )
+    assert again.call.state == ToolCall.State.ALLOWED
