@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django import forms
 
-from approvals.models import Membership
+from approvals.models import Membership, Team
 
 EXPIRY_CHOICES = [
     ("", "Never"),
@@ -33,3 +33,20 @@ class MemberAddForm(forms.Form):
 
 class MemberRoleForm(forms.Form):
     role = forms.ChoiceField(choices=Membership.Role.choices)
+
+
+class TeamSettingsForm(forms.ModelForm):
+    class Meta:
+        model = Team
+        fields = ["name", "mode", "default_deadline_seconds", "rules_admins_only"]
+        labels = {
+            "default_deadline_seconds": "Deadline for held calls (seconds)",
+            "rules_admins_only": "Only admins create rules (Always-Allow included)",
+        }
+        widgets = {"mode": forms.RadioSelect}
+
+    def clean_default_deadline_seconds(self) -> int:
+        seconds = int(self.cleaned_data["default_deadline_seconds"])
+        if not 10 <= seconds <= 86400:
+            raise forms.ValidationError("Between 10 seconds and a day (86400).")
+        return seconds

@@ -11,6 +11,7 @@ urlpatterns = [
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:token_id>/revoke/", views.token_revoke_view, name="token_revoke"),
     path("members/", views.members, name="members"),
+    path("settings/", views.team_settings, name="team_settings"),
     path("members/<int:membership_id>/role/", views.member_role, name="member_role"),
     path("members/<int:membership_id>/remove/", views.member_remove_view, name="member_remove"),
     path("rules/", rules_views.rules_list, name="rules"),

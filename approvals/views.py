@@ -15,10 +15,16 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from approvals import access, selectors
-from approvals.forms import MemberAddForm, MemberRoleForm, TokenIssueForm
+from approvals.forms import MemberAddForm, MemberRoleForm, TeamSettingsForm, TokenIssueForm
 from approvals.models import BridgeToken, Membership, Team
 from approvals.services import calls as call_services
-from approvals.services.teams import LastAdminError, member_add, member_remove, user_get_or_create
+from approvals.services.teams import (
+    LastAdminError,
+    member_add,
+    member_remove,
+    team_settings_change,
+    user_get_or_create,
+)
 from approvals.services.tokens import token_issue, token_revoke
 from approvals.snippets import EXAMPLE_UPSTREAM, client_configs
 
@@ -212,3 +218,25 @@ def member_remove_view(request: HttpRequest, membership_id: int) -> HttpResponse
             f"{membership.user.get_username()} was removed: their tokens are revoked, their pages closed.",
         )
     return redirect("approvals:members")
+
+
+@login_required
+def team_settings(request: HttpRequest) -> HttpResponse:
+    """The team's mode (review or whitelist), deadline for held calls and who may create rules (admins)."""
+    team = _select_team(request)
+    if team is None:
+        return render(request, "approvals/no_team.html")
+    access.require_admin(request.user, team)
+    form = TeamSettingsForm(request.POST if request.method == "POST" else None, instance=team)
+    if request.method == "POST" and form.is_valid():
+        team_settings_change(
+            team=team,
+            by=request.user,  # type: ignore[arg-type]
+            name=form.cleaned_data["name"],
+            mode=form.cleaned_data["mode"],
+            deadline=form.cleaned_data["default_deadline_seconds"],
+            rules_admins_only=form.cleaned_data["rules_admins_only"],
+        )
+        messages.success(request, "Settings saved: they apply to the next call.")
+        return redirect("approvals:team_settings")
+    return render(request, "approvals/team_settings.html", {"team": team, "form": form})

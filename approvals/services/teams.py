@@ -148,3 +148,27 @@ def user_access_end(*, user: User, by: User | None = None) -> None:
             audit_record(
                 kind="user.deactivated", team=team, actor_id=by.pk if by else None, member=user.get_username()
             )
+
+
+def team_settings_change(
+    *, team: Team, by: User, name: str, mode: str, deadline: int, rules_admins_only: bool
+) -> Team:
+    """Change a team's name, mode, deadline and who may create rules; audited with what changed."""
+    if mode not in Team.Mode.values:
+        raise ValueError(f"Unknown mode {mode!r}.")
+    with transaction.atomic():
+        locked = Team.objects.select_for_update().get(pk=team.pk)
+        new = {
+            "name": name,
+            "mode": mode,
+            "default_deadline_seconds": deadline,
+            "rules_admins_only": rules_admins_only,
+        }
+        changed = {field: value for field, value in new.items() if getattr(locked, field) != value}
+        if not changed:
+            return locked
+        for field, value in changed.items():
+            setattr(locked, field, value)
+        locked.save(update_fields=list(changed))
+        audit_record(kind="team.settings_changed", team=locked, actor_id=by.pk, changed=changed)
+    return locked

@@ -1,0 +1,66 @@
+"""The team settings page: mode, deadline, who may create rules — admins only, applied to the next call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from approvals.models import AuditEvent, Team, ToolCall
+
+SETTINGS = reverse("approvals:team_settings")
+pytestmark = pytest.mark.django_db
+
+
+def logged_in(user: Any) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def form(**changes: Any) -> dict[str, Any]:
+    values = {"name": "Alpha", "mode": "review", "default_deadline_seconds": 600}
+    values.update(changes)
+    return values
+
+
+@pytest.mark.parametrize("who", ["reviewer", "member", "outsider"])
+def test_only_admins_see_the_settings(request, who: str) -> None:
+    user = request.getfixturevalue(who)
+    assert logged_in(user).get(SETTINGS + ("?team=alpha" if who == "outsider" else "")).status_code == 403
+
+
+def test_anonymous_is_sent_to_log_in() -> None:
+    assert Client().get(SETTINGS).status_code == 302
+
+
+def test_whitelist_mode_denies_the_next_unmatched_call_and_is_audited(
+    admin, team_a, member_token, submit
+) -> None:
+    response = logged_in(admin).post(SETTINGS, form(mode="whitelist", default_deadline_seconds=120))
+    assert response.status_code == 302
+    team_a.refresh_from_db()
+    assert (team_a.mode, team_a.default_deadline_seconds) == ("whitelist", 120)
+    assert submit(member_token.token).call.state == ToolCall.State.DENIED
+    event = AuditEvent.objects.get(kind="team.settings_changed")
+    assert event.data["changed"] == {"mode": "whitelist", "default_deadline_seconds": 120}
+
+
+def test_a_shorter_deadline_applies_to_the_next_held_call(admin, team_a, member_token, submit) -> None:
+    logged_in(admin).post(SETTINGS, form(default_deadline_seconds=30))
+    call = submit(member_token.token).call
+    assert 25 <= (call.deadline - call.created_at).total_seconds() <= 30
+
+
+@pytest.mark.parametrize("seconds", [0, 5, 100000])
+def test_a_deadline_out_of_range_is_refused(admin, team_a, seconds: int) -> None:
+    response = logged_in(admin).post(SETTINGS, form(default_deadline_seconds=seconds))
+    assert response.status_code == 200 and "Between 10 seconds and a day" in response.content.decode()
+    assert Team.objects.get(pk=team_a.pk).default_deadline_seconds == 600
+
+
+def test_saving_unchanged_settings_writes_no_audit_event(admin) -> None:
+    logged_in(admin).post(SETTINGS, form())
+    assert not AuditEvent.objects.filter(kind="team.settings_changed").exists()
