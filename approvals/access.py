@@ -112,3 +112,13 @@ def require_rule_create(user: AnyUser, team: Team) -> None:
     """Raise PermissionDenied unless the user may add a rule to the team."""
     if not can_create_rule(user, team):
         raise PermissionDenied("Only the team's admins may create rules.")
+
+
+TOKEN_ROLES = frozenset({Membership.Role.ADMIN, Membership.Role.REVIEWER, Membership.Role.MEMBER})
+
+
+def require_token_issue(user: AnyUser, team: Team) -> None:
+    """Raise PermissionDenied unless the user may issue bridge tokens in the team (auditors only read)."""
+    membership = membership_for(user, team)
+    if membership is None or membership.role not in TOKEN_ROLES:
+        raise PermissionDenied("Auditors read; they do not issue bridge tokens.")

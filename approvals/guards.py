@@ -38,7 +38,7 @@ from jsonschema.exceptions import ValidationError
 from jsonschema.validators import validator_for
 
 from approvals import pathnorm
-from approvals.policy import PolicyError, SafeRegex
+from approvals.policy import PolicyError, SafeRegex, json_kind, shorten
 
 Severity = Literal["block", "warn"]
 Kind = Literal["arguments", "size", "depth", "schema", "traversal", "sql", "shell"]
@@ -75,7 +75,9 @@ def inspect_arguments(
     """Check a call's arguments before any rule: what blocks it and what a reviewer should be warned of."""
     if not isinstance(arguments, Mapping):
         return [
-            Finding("arguments", "block", "", f"the arguments must be a JSON object, not {_kind(arguments)}")
+            Finding(
+                "arguments", "block", "", f"the arguments must be a JSON object, not {json_kind(arguments)}"
+            )
         ]
     strings, blocks = _walk(arguments, limits)
     if blocks:
@@ -169,24 +171,6 @@ def _bytes(size: int) -> str:
     return f"{size / 1024:.0f} KiB" if size >= 10 * 1024 else f"{size} bytes"
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | tuple):
-        return "an array"
-    return "an object"
-
-
-def _short(text: str, limit: int = 120) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 # --- Schema ----------------------------------------------------------------------------------------------
 
 
@@ -203,7 +187,7 @@ def _kw_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Ite
         return
     regex = _safe_regex(pattern)
     if regex is not None and not regex.search(instance):
-        yield ValidationError(f"{_short(repr(instance), 60)} does not match {pattern!r}")
+        yield ValidationError(f"{shorten(repr(instance), 60)} does not match {pattern!r}")
 
 
 def _kw_pattern_properties(
@@ -278,7 +262,7 @@ def _schema_findings(arguments: Mapping[str, Any], schema: Any) -> list[Finding]
     if schema is None:
         return []
     if not isinstance(schema, Mapping):
-        return [_schema_warning(f"is {_kind(schema)}, not a JSON Schema object")]
+        return [_schema_warning(f"is {json_kind(schema)}, not a JSON Schema object")]
     findings: list[Finding] = []
     cls: Any = validator_for(schema, default=jsonschema.Draft202012Validator)
     if "$schema" in schema and validator_for(schema, default=None) is None:
@@ -287,14 +271,14 @@ def _schema_findings(arguments: Mapping[str, Any], schema: Any) -> list[Finding]
                 "schema",
                 "warn",
                 "",
-                f"the tool's inputSchema names an unknown $schema {_short(repr(schema['$schema']), 80)}; "
+                f"the tool's inputSchema names an unknown $schema {shorten(repr(schema['$schema']), 80)}; "
                 "it was checked as JSON Schema 2020-12",
             )
         )
     try:
         cls.check_schema(schema)
     except jsonschema.SchemaError as error:
-        return [*findings, _schema_warning(f"is not a valid JSON Schema ({_short(error.message)})")]
+        return [*findings, _schema_warning(f"is not a valid JSON Schema ({shorten(error.message, 120)})")]
     unsafe, pattern_properties, unevaluated = _regex_problems(schema)
     if pattern_properties and (unevaluated or unsafe):
         return [
@@ -305,7 +289,7 @@ def _schema_findings(arguments: Mapping[str, Any], schema: Any) -> list[Finding]
         findings.append(
             _schema_warning(
                 "has regular expressions that cannot be run in bounded time "
-                f"({_short(repr(unsafe[0]), 80)}); "
+                f"({shorten(repr(unsafe[0]), 80)}); "
                 "values were not checked against them",
                 checked=True,
             )
@@ -316,7 +300,7 @@ def _schema_findings(arguments: Mapping[str, Any], schema: Any) -> list[Finding]
     except Exception as error:  # an upstream's schema must never crash the gate
         return [
             *findings,
-            _schema_warning(f"could not be applied ({type(error).__name__}: {_short(str(error))})"),
+            _schema_warning(f"could not be applied ({type(error).__name__}: {shorten(str(error), 120)})"),
         ]
     blocks: list[Finding] = []
     seen: set[tuple[str, str]] = set()
@@ -364,14 +348,14 @@ def _describe(error: ValidationError) -> Iterable[tuple[str, str]]:
             yield child, f"{_where(child)} is not an argument this tool accepts"
         return
     if keyword == "type":
-        yield pointer, f"{where} must be {_types(expected)}, not {_kind(instance)}"
+        yield pointer, f"{where} must be {_types(expected)}, not {json_kind(instance)}"
     elif keyword == "enum":
-        options = _short(json.dumps(expected, ensure_ascii=False), 160)
+        options = shorten(json.dumps(expected, ensure_ascii=False), 160)
         yield pointer, f"{where} must be one of {options}"
     elif keyword == "const":
-        yield pointer, f"{where} must be {_short(json.dumps(expected, ensure_ascii=False), 160)}"
+        yield pointer, f"{where} must be {shorten(json.dumps(expected, ensure_ascii=False), 160)}"
     elif keyword == "pattern":
-        yield pointer, f"{where} does not match the pattern {_short(repr(expected), 160)}"
+        yield pointer, f"{where} does not match the pattern {shorten(repr(expected), 160)}"
     elif keyword in ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties"):
         unit = {"Length": "characters", "Items": "items", "Properties": "properties"}[keyword[3:]]
         bound = "at least" if keyword.startswith("min") else "at most"
@@ -385,7 +369,7 @@ def _describe(error: ValidationError) -> Iterable[tuple[str, str]]:
         }[keyword]
         yield pointer, f"{where} must be {relation} {expected}"
     else:
-        yield pointer, f"{where}: {_short(error.message, 200)}"
+        yield pointer, f"{where}: {shorten(error.message, 200)}"
 
 
 # --- Risk hints ------------------------------------------------------------------------------------------

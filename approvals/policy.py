@@ -107,7 +107,7 @@ class Constraint:
     def describe(self) -> str:
         """``path op value`` for reasons and lists, the value cut short."""
         where = self.path or "(all arguments)"
-        return f"{where} {self.op} {_short(json.dumps(_thaw(self.value), ensure_ascii=False))}"
+        return f"{where} {self.op} {shorten(json.dumps(_thaw(self.value), ensure_ascii=False))}"
 
 
 def parse_constraints(raw: Any) -> tuple[Constraint, ...]:
@@ -212,7 +212,8 @@ def json_equal(a: Any, b: Any) -> bool:
     return False
 
 
-def _kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """``a string``, ``a number``…: a JSON value's kind, for messages."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -226,7 +227,8 @@ def _kind(value: Any) -> str:
     return "an object"
 
 
-def _short(text: str, limit: int = 60) -> str:
+def shorten(text: str, limit: int = 60) -> str:
+    """The text, cut to ``limit`` characters with an ellipsis."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -255,7 +257,7 @@ def _compile_one_of(value: Any) -> tuple[Any, Callable[[Any], Check]]:
 def _string_test(match: Callable[[str], bool], what: str, *, capped: bool) -> Callable[[Any], Check]:
     def test(actual: Any) -> Check:
         if not isinstance(actual, str):
-            return None, f"is {_kind(actual)}, not a string"
+            return None, f"is {json_kind(actual)}, not a string"
         if capped and len(actual) > MAX_MATCH_CHARS:
             return None, f"is longer than {MAX_MATCH_CHARS} characters, too long to match safely"
         return (True, "") if match(actual) else (False, f"does not match {what}")
@@ -268,14 +270,14 @@ def _compile_glob(value: Any) -> tuple[Any, Callable[[Any], Check]]:
         raise PolicyError("glob takes a string pattern")
     # fnmatch's translation (Python ≥ 3.9) uses atomic groups: no backtracking between stars.
     matcher = re.compile(fnmatch.translate(value)).match
-    return value, _string_test(lambda s: matcher(s) is not None, f"glob {_short(value)!r}", capped=True)
+    return value, _string_test(lambda s: matcher(s) is not None, f"glob {shorten(value)!r}", capped=True)
 
 
 def _compile_regex(value: Any) -> tuple[Any, Callable[[Any], Check]]:
     if not isinstance(value, str):
         raise PolicyError("regex takes a string pattern")
     pattern = _shared_regex(value)
-    return value, _string_test(pattern.fullmatch, f"regex {_short(value)!r}", capped=True)
+    return value, _string_test(pattern.fullmatch, f"regex {shorten(value)!r}", capped=True)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -287,7 +289,7 @@ def _shared_regex(pattern: str) -> SafeRegex:
 def _compile_prefix(value: Any) -> tuple[Any, Callable[[Any], Check]]:
     if not isinstance(value, str) or not value:
         raise PolicyError("prefix takes a non-empty string")
-    return value, _string_test(lambda s: s.startswith(value), f"prefix {_short(value)!r}", capped=False)
+    return value, _string_test(lambda s: s.startswith(value), f"prefix {shorten(value)!r}", capped=False)
 
 
 def _compile_within(value: Any) -> tuple[Any, Callable[[Any], Check]]:
@@ -300,7 +302,7 @@ def _compile_within(value: Any) -> tuple[Any, Callable[[Any], Check]]:
 
     def test(actual: Any) -> Check:
         if not isinstance(actual, str):
-            return None, f"is {_kind(actual)}, not a path"
+            return None, f"is {json_kind(actual)}, not a path"
         return pathnorm.within(actual, directory)
 
     return value, test
@@ -312,7 +314,7 @@ def _compile_max_length(value: Any) -> tuple[Any, Callable[[Any], Check]]:
 
     def test(actual: Any) -> Check:
         if not isinstance(actual, str | list | tuple):
-            return None, f"is {_kind(actual)}, which has no length"
+            return None, f"is {json_kind(actual)}, which has no length"
         return (True, "") if len(actual) <= value else (False, f"is longer than {value}")
 
     return value, test
@@ -336,7 +338,7 @@ def _compile_range(value: Any) -> tuple[Any, Callable[[Any], Check]]:
 
     def test(actual: Any) -> Check:
         if isinstance(actual, bool) or not isinstance(actual, int | float) or not math.isfinite(actual):
-            return None, f"is {_kind(actual)}, not a finite number"
+            return None, f"is {json_kind(actual)}, not a finite number"
         if low <= actual <= high:
             return True, ""
         return False, "is below the minimum" if actual < low else "is above the maximum"
@@ -631,7 +633,7 @@ class _RegexParser:
         self.i = 0
 
     def fail(self, message: str) -> RegexError:
-        return RegexError(f"regex {_short(self.p, 80)!r}: {message} (at position {self.i})")
+        return RegexError(f"regex {shorten(self.p, 80)!r}: {message} (at position {self.i})")
 
     def parse(self) -> _Node:
         icase = dotall = False
@@ -863,7 +865,7 @@ class SafeRegex:
     def _add(self, kind: int, pred: Callable[[str], bool], outs: tuple[int, ...]) -> int:
         if len(self._kinds) >= MAX_REGEX_STATES:
             raise RegexError(
-                f"regex {_short(self.pattern, 80)!r} is too large (over {MAX_REGEX_STATES} states)"
+                f"regex {shorten(self.pattern, 80)!r} is too large (over {MAX_REGEX_STATES} states)"
             )
         self._kinds.append(kind)
         self._preds.append(pred)

@@ -54,6 +54,8 @@ def queue(request: HttpRequest) -> HttpResponse:
     membership = access.require_member(request.user, team)
     if membership.role == Membership.Role.MEMBER and "team" not in request.GET:
         return redirect("approvals:tokens")
+    if membership.role == Membership.Role.AUDITOR and "team" not in request.GET:
+        return redirect("approvals:rules")
     access.require_review(request.user, team)
     return render(request, "approvals/queue.html", {"team": team})
 
@@ -89,6 +91,8 @@ def decide(request: HttpRequest, call_id: str) -> HttpResponse:
         raise PermissionDenied("No such call in your teams.") from None
     except call_services.CallAlreadyDecided as exc:
         messages.warning(request, f"That call was already {exc.call.state}.")
+    except call_services.InvalidRule as exc:
+        messages.error(request, str(exc))
     else:
         messages.success(request, f"{call.server} / {call.tool}: {call.state}.")
     return redirect("approvals:queue")
@@ -110,6 +114,8 @@ def tokens(request: HttpRequest) -> HttpResponse:
     access.require_member(request.user, team)
     is_admin = access.is_admin(request.user, team)
     form = TokenIssueForm(request.POST if request.method == "POST" else None)
+    if request.method == "POST":
+        access.require_token_issue(request.user, team)
     if request.method == "POST" and form.is_valid():
         days = form.cleaned_data["expires_in_days"]
         token, raw = token_issue(

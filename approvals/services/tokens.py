@@ -89,6 +89,20 @@ def token_revoke(*, token: BridgeToken, by: User | None, reason: str = "token re
             actor_id=by.pk if by else None,
             token=token,
             name=token.name,
+            reason=reason,
         )
         realtime.send_on_commit(realtime.bridge_group(token.pk), {"type": "bridge.revoked", "reason": reason})
     return True
+
+
+TOKEN_EXPIRED = "the token expired"
+
+
+def tokens_expire_due(*, limit: int = 200) -> int:
+    """Tokens past their expiry are revoked the moment the sweep sees them: their open bridges are closed
+    and their held calls denied, as with a revocation (the token was already refused at connect and on
+    every call). Returns how many."""
+    due = BridgeToken.objects.select_related("team").filter(
+        revoked_at__isnull=True, expires_at__lte=timezone.now()
+    )
+    return sum(token_revoke(token=token, by=None, reason=TOKEN_EXPIRED) for token in due[:limit])

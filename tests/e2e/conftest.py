@@ -284,7 +284,7 @@ class ReviewerSocket:
                     return message
                 self.inbox.append(message)
 
-    async def pending_call(self, tool: str, timeout: float = 10.0) -> dict[str, Any]:
+    async def pending_call(self, tool: str, timeout: float = 20.0) -> dict[str, Any]:
         def is_pending(message: dict[str, Any]) -> bool:
             if message["type"] == "call":
                 return message["call"]["tool"] == tool and message["call"]["state"] == "pending"
@@ -365,6 +365,9 @@ async def bridge(
         "SIGNOFF_TOKEN": token,
         "UPSTREAM_LOG": str(upstream_log),
     }
+    if "--connect-timeout" not in bridge_args:
+        # Generous on a loaded 2-core CI machine; tests about an unreachable server set their own.
+        bridge_args = ("--connect-timeout", "15", *bridge_args)
     command = bridge_command(name=name, bridge_args=bridge_args, upstream=upstream)
     params = StdioServerParameters(command=command[0], args=command[1:], env=env)
     with stderr_path.open("w") as errlog:

@@ -131,3 +131,24 @@ async def test_a_member_issues_a_token_in_the_browser_and_it_works_in_a_bridge(
     assert "still waiting for approval" in text_of(held)
     token = BridgeToken.objects.get(name="laptop, Claude Desktop")
     assert token.user == team.member and token.expires_at is not None and token.last_used_at is not None
+
+
+async def test_a_token_stops_at_its_expiry_closing_its_bridge(
+    signoff: SignoffServer, team: TeamSetup, tmp_path
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from approvals.services.tokens import token_issue
+
+    _, raw = token_issue(
+        team=team.team, user=team.member, name="short-lived", expires_at=timezone.now() + timedelta(seconds=4)
+    )
+    async with bridge(tmp_path, url=signoff.url, token=raw) as b:
+        with anyio.fail_after(30):  # the server's sweeper (or Celery beat) revokes it within seconds
+            result = await b.session.call_tool("write_file", {"path": "/srv/x", "content": "y"})
+        after = await b.session.call_tool("echo", {"text": "again"})
+    assert result.is_error and "the token expired" in text_of(result)
+    assert after.is_error and "not run" in text_of(after)
+    assert b.upstream_calls() == []

@@ -474,3 +474,23 @@ def test_deactivate_user_says_when_someone_was_already_inactive(member: Any) -> 
 def test_deactivate_user_names_an_unknown_user(db: None) -> None:
     with pytest.raises(CommandError, match=r"No user ghost@example\.com"):
         run("deactivate_user", "ghost@example.com")
+
+
+@sockets
+async def test_a_token_past_its_expiry_closes_its_bridge_and_denies_its_held_calls(
+    open_bridge, member_token: Issued
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from approvals.models import BridgeToken
+    from approvals.services.tokens import TOKEN_EXPIRED, tokens_expire_due
+
+    socket, call_id = await open_bridge(member_token.raw)
+    await database_sync_to_async(BridgeToken.objects.filter(pk=member_token.token.pk).update)(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert await database_sync_to_async(tokens_expire_due)() == 1
+    assert await database_sync_to_async(tokens_expire_due)() == 0  # once
+    await expect_bridge_closed(socket, call_id, TOKEN_EXPIRED)
