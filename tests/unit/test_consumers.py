@@ -26,11 +26,11 @@ from approvals.services.tokens import token_revoke
 from mcpbridge import protocol
 
 from .conftest import OTHER_TOOL_HASH, SERVER, TOOL_HASH, Issued
+from .sockets import expect_close, receive, receive_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ORIGIN = (b"origin", b"http://127.0.0.1")
-Frame = dict[str, Any]
 Open = Callable[..., Awaitable[WebsocketCommunicator]]
 
 
@@ -50,25 +50,6 @@ def hello(version: int = protocol.PROTOCOL_VERSION) -> str:
 
 def call(ref: str = "r1", tool: str = "read_file", **arguments: Any) -> str:
     return protocol.encode(protocol.Call(ref=ref, tool=tool, arguments=arguments or {"path": "/srv/a"}))
-
-
-async def receive(socket: WebsocketCommunicator, timeout: float = 3) -> Frame:
-    return json.loads(await socket.receive_from(timeout=timeout))
-
-
-async def receive_until(socket: WebsocketCommunicator, frame_type: str, timeout: float = 3) -> Frame:
-    """The next frame of this type, skipping others (their order is not part of the contract)."""
-    for _ in range(20):
-        frame = await receive(socket, timeout)
-        if frame["type"] == frame_type:
-            return frame
-    raise AssertionError(f"no {frame_type} frame")
-
-
-async def expect_close(socket: WebsocketCommunicator, code: int) -> None:
-    output = await socket.receive_output(timeout=3)
-    assert output["type"] == "websocket.close", output
-    assert output.get("code") == code
 
 
 @pytest.fixture

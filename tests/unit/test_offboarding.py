@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from io import StringIO
 from typing import Any
@@ -31,12 +30,12 @@ from approvals.services.tokens import token_authenticate, token_issue
 from mcpbridge import protocol
 
 from .conftest import OTHER_TOOL_HASH, SERVER, TOOL_HASH, Issued
+from .sockets import expect_close, receive, receive_until
 
 pytestmark = pytest.mark.django_db
 sockets = pytest.mark.django_db(transaction=True)
 
 ORIGIN = (b"origin", b"http://127.0.0.1")
-Frame = dict[str, Any]
 Open = Callable[..., Awaitable[WebsocketCommunicator]]
 
 
@@ -57,25 +56,6 @@ def hello() -> str:
 
 def call(ref: str = "r1") -> str:
     return protocol.encode(protocol.Call(ref=ref, tool="read_file", arguments={"path": f"/srv/{ref}"}))
-
-
-async def receive(socket: WebsocketCommunicator, timeout: float = 3) -> Frame:
-    return json.loads(await socket.receive_from(timeout=timeout))
-
-
-async def receive_until(socket: WebsocketCommunicator, frame_type: str, timeout: float = 3) -> Frame:
-    """The next frame of this type, skipping others (their order is not part of the contract)."""
-    for _ in range(20):
-        frame = await receive(socket, timeout)
-        if frame["type"] == frame_type:
-            return frame
-    raise AssertionError(f"no {frame_type} frame")
-
-
-async def expect_close(socket: WebsocketCommunicator, code: int) -> None:
-    output = await socket.receive_output(timeout=3)
-    assert output["type"] == "websocket.close", output
-    assert output.get("code") == code
 
 
 async def expect_review_closed(socket: WebsocketCommunicator, reason: str) -> None:
