@@ -38,10 +38,12 @@ class MemberRoleForm(forms.Form):
 class TeamSettingsForm(forms.ModelForm):
     class Meta:
         model = Team
-        fields = ["name", "mode", "default_deadline_seconds", "rules_admins_only"]
+        fields = ["name", "mode", "default_deadline_seconds", "rules_admins_only", "four_eyes", "require_mfa"]
         labels = {
             "default_deadline_seconds": "Deadline for held calls (seconds)",
             "rules_admins_only": "Only admins create rules (Always-Allow included)",
+            "four_eyes": "Four eyes: nobody approves a call made with their own token",
+            "require_mfa": "Reviewers and admins must use two-factor authentication",
         }
         widgets = {"mode": forms.RadioSelect}
 

@@ -40,6 +40,13 @@ class Team(models.Model):
     rules_admins_only = models.BooleanField(
         default=False, help_text="Only team admins may create rules (Always-Allow included)."
     )
+    four_eyes = models.BooleanField(
+        default=False, help_text="Nobody may approve a call made with their own token."
+    )
+    require_mfa = models.BooleanField(
+        default=False,
+        help_text="Reviewers and admins must use two-factor authentication to review or administer.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:
@@ -82,6 +89,11 @@ class BridgeToken(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     last_used_ip = models.GenericIPAddressField(null=True, blank=True)
+    servers = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Server names (or globs) the token may front; empty means any server.",
+    )
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
@@ -90,6 +102,33 @@ class BridgeToken(models.Model):
         """Not revoked and not past its expiry."""
         now = now or timezone.now()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class Invitation(models.Model):
+    """An emailed, single-use link that makes its holder a member of a team. Only a hash is stored."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=16, choices=Membership.Role.choices)
+    secret_hash = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the link's secret.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.email} to {self.team} as {self.role}"
+
+    def is_open(self, *, now: datetime | None = None) -> bool:
+        """Not accepted, not revoked and not past its expiry."""
+        now = now or timezone.now()
+        return self.accepted_at is None and self.revoked_at is None and self.expires_at > now
 
 
 class Rule(models.Model):

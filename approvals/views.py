@@ -242,6 +242,8 @@ def team_settings(request: HttpRequest) -> HttpResponse:
             mode=form.cleaned_data["mode"],
             deadline=form.cleaned_data["default_deadline_seconds"],
             rules_admins_only=form.cleaned_data["rules_admins_only"],
+            four_eyes=form.cleaned_data["four_eyes"],
+            require_mfa=form.cleaned_data["require_mfa"],
         )
         messages.success(request, "Settings saved: they apply to the next call.")
         return redirect("approvals:team_settings")

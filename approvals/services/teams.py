@@ -151,9 +151,17 @@ def user_access_end(*, user: User, by: User | None = None) -> None:
 
 
 def team_settings_change(
-    *, team: Team, by: User, name: str, mode: str, deadline: int, rules_admins_only: bool
+    *,
+    team: Team,
+    by: User,
+    name: str,
+    mode: str,
+    deadline: int,
+    rules_admins_only: bool,
+    four_eyes: bool | None = None,
+    require_mfa: bool | None = None,
 ) -> Team:
-    """Change a team's name, mode, deadline and who may create rules; audited with what changed."""
+    """Change a team's settings; audited with what changed. ``None`` leaves a yes/no setting as it is."""
     if mode not in Team.Mode.values:
         raise ValueError(f"Unknown mode {mode!r}.")
     with transaction.atomic():
@@ -164,6 +172,10 @@ def team_settings_change(
             "default_deadline_seconds": deadline,
             "rules_admins_only": rules_admins_only,
         }
+        if four_eyes is not None:
+            new["four_eyes"] = four_eyes
+        if require_mfa is not None:
+            new["require_mfa"] = require_mfa
         changed = {field: value for field, value in new.items() if getattr(locked, field) != value}
         if not changed:
             return locked
