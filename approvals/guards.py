@@ -100,7 +100,7 @@ def inspect_arguments(
                 "block",
                 "",
                 f"the arguments are {_bytes(total)} in all, "
-                f"over the limit of {_bytes(limits.max_total_bytes)}",
+                f"over the limit of {_limit(limits.max_total_bytes)}",
             )
         ]
     findings = _schema_findings(arguments, input_schema)
@@ -129,7 +129,7 @@ def _walk(arguments: Mapping[str, Any], limits: Limits) -> tuple[list[tuple[str,
                         "block",
                         pointer,
                         f"{_where(pointer)} is {_bytes(size)}, over the limit of "
-                        f"{_bytes(limits.max_string_bytes)} per value",
+                        f"{_limit(limits.max_string_bytes)} per value",
                     )
                 )
             else:
@@ -168,7 +168,13 @@ def _where(pointer: str) -> str:
 
 
 def _bytes(size: int) -> str:
-    return f"{size / 1024:.0f} KiB" if size >= 10 * 1024 else f"{size} bytes"
+    """Exact: a value one byte over a 64 KiB limit must not read "64 KiB, over the limit of 64 KiB"."""
+    return f"{size:,} bytes"
+
+
+def _limit(size: int) -> str:
+    whole_kib = size >= 1024 and size % 1024 == 0
+    return f"{size:,} bytes ({size // 1024} KiB)" if whole_kib else _bytes(size)
 
 
 # --- Schema ----------------------------------------------------------------------------------------------

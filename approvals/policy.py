@@ -632,8 +632,10 @@ class _RegexParser:
         self.p = pattern
         self.i = 0
 
-    def fail(self, message: str) -> RegexError:
-        return RegexError(f"regex {shorten(self.p, 80)!r}: {message} (at position {self.i})")
+    def fail(self, message: str, *, at: int | None = None) -> RegexError:
+        """The error, placed at ``at`` (default: where the parser stands), counted from 0 as in ``re``."""
+        where = self.i if at is None else at
+        return RegexError(f"regex {shorten(self.p, 80)!r}: {message} (at position {where})")
 
     def parse(self) -> _Node:
         icase = dotall = False
@@ -753,7 +755,7 @@ class _RegexParser:
 
     def _escape(self, *, in_class: bool) -> Callable[[str], bool]:
         if self.i >= len(self.p):
-            raise self.fail("bad escape (end of pattern)")
+            raise self.fail("bad escape (end of pattern)", at=self.i - 1)
         c = self.p[self.i]
         self.i += 1
         if c in _CATEGORIES:
@@ -761,6 +763,7 @@ class _RegexParser:
         return self._escaped_char(c, in_class=in_class).__eq__
 
     def _escaped_char(self, c: str, *, in_class: bool) -> str:
+        start = self.i - 2  # the backslash: its errors point there, as re's do
         if c in _SIMPLE_ESCAPES:
             return _SIMPLE_ESCAPES[c]
         if c == "b" and in_class:
@@ -769,18 +772,18 @@ class _RegexParser:
             width = {"x": 2, "u": 4, "U": 8}[c]
             digits = self.p[self.i : self.i + width]
             if len(digits) != width or not all(d in "0123456789abcdefABCDEF" for d in digits):
-                raise self.fail(f"bad escape \\{c}")
+                raise self.fail(f"bad escape \\{c}", at=start)
             self.i += width
             code = int(digits, 16)
             if code > 0x10FFFF:
-                raise self.fail(f"bad escape \\{c}{digits}")
+                raise self.fail(f"bad escape \\{c}{digits}", at=start)
             return chr(code)
         if c.isdigit():
-            raise self.fail("backreferences and octal escapes are not supported")
+            raise self.fail("backreferences and octal escapes are not supported", at=start)
         if c in "bBAZzG":
-            raise self.fail(f"\\{c} is not supported: use ^ at the start and $ at the end")
+            raise self.fail(f"\\{c} is not supported: use ^ at the start and $ at the end", at=start)
         if c.isascii() and c.isalpha():
-            raise self.fail(f"bad escape \\{c}")
+            raise self.fail(f"bad escape \\{c}", at=start)
         return c
 
     def _class(self, icase: bool) -> Callable[[str], bool]:
@@ -828,7 +831,7 @@ class _RegexParser:
         if c != "\\":
             return c
         if self.i >= len(self.p):
-            raise self.fail("bad escape (end of pattern)")
+            raise self.fail("bad escape (end of pattern)", at=self.i - 1)
         e = self.p[self.i]
         if e in _CATEGORIES:
             self.i += 1

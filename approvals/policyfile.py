@@ -28,6 +28,7 @@ from typing import Any, Final, Literal
 import yaml
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from django.template.defaultfilters import pluralize
 
 from approvals.models import Rule, Team, new_rules_version
 from approvals.services.audit import audit_record
@@ -92,7 +93,8 @@ class ImportResult:
         return bool(self.added or self.removed or self.mode_before != self.mode_after)
 
     def __str__(self) -> str:
-        text = f"{self.added} rules added, {self.removed} removed, {self.kept} unchanged"
+        added = f"{self.added} rule{pluralize(self.added)} added"
+        text = f"{added}, {self.removed} removed, {self.kept} unchanged"
         if self.mode_before != self.mode_after:
             text += f"; mode {self.mode_before} → {self.mode_after}"
         return text
