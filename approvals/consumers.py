@@ -18,7 +18,7 @@ from django.core.exceptions import PermissionDenied
 from approvals import access, realtime, scopes, selectors
 from approvals.models import BridgeToken, Team
 from approvals.services import calls as call_services
-from approvals.services.tokens import token_touch
+from approvals.services.tokens import server_in_scope, token_scope_refused, token_touch
 from approvals.services.tools import tools_seen
 from mcpbridge import protocol
 
@@ -148,6 +148,15 @@ class BridgeConsumer(AsyncWebsocketConsumer):
             )
             await self.close(code=protocol.CLOSE_PROTOCOL, reason="unsupported protocol version")
             return
+        if not server_in_scope(self.token.servers, hello.upstream.name):
+            # Refused before anything of the upstream is stored (no tool pins): the bridge fails closed.
+            message = await database_sync_to_async(token_scope_refused)(
+                token=self.token, server=hello.upstream.name
+            )
+            log.warning("bridge refused: token %s… may not front %r", self.token.prefix, hello.upstream.name)
+            await self._send(protocol.Error(code="server_out_of_scope", message=message))
+            await self.close(code=protocol.CLOSE_OUT_OF_SCOPE, reason="server out of the token's scope")
+            return
         self.upstream = hello.upstream
         self.tools = {tool.name: tool for tool in hello.tools}
         await self._pin_tools()
@@ -274,6 +283,11 @@ class ReviewConsumer(AsyncWebsocketConsumer):
             )
         except call_services.InvalidRule as exc:
             await self.send_json({"type": "error", "call_id": call_id, "message": str(exc)})
+            return
+        except access.FourEyesRefused as exc:
+            await self.send_json(
+                {"type": "error", "call_id": call_id, "code": "four_eyes", "message": str(exc.args[0])}
+            )
             return
         except (call_services.CallNotFound, PermissionDenied):
             await self.send_json(

@@ -43,6 +43,9 @@ def call_payload(call: ToolCall) -> dict[str, Any]:
         "tool": call.tool,
         "arguments": call.arguments,
         "requester": call.requester.get_username(),
+        # With four eyes on, the page shows no Allow on the viewer's own calls (the server refuses it anyway).
+        "requester_id": call.requester_id,
+        "four_eyes": call.team.four_eyes,
         "token": call.token.name,
         "state": call.state,
         "reason": call.reason,

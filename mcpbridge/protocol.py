@@ -37,7 +37,9 @@ CLOSE_REVOKED = 4403
 """The token was revoked (or its owner removed) while connected: the bridge stops reconnecting."""
 CLOSE_PROTOCOL = 4400
 """The bridge spoke a protocol version the server does not support, or broke the handshake."""
-FATAL_CLOSE_CODES = frozenset({CLOSE_UNAUTHORIZED, CLOSE_REVOKED, CLOSE_PROTOCOL})
+CLOSE_OUT_OF_SCOPE = 4406
+"""The token may not front the server the hello announced (``server_out_of_scope``): the bridge stops."""
+FATAL_CLOSE_CODES = frozenset({CLOSE_UNAUTHORIZED, CLOSE_REVOKED, CLOSE_PROTOCOL, CLOSE_OUT_OF_SCOPE})
 
 CallState = Literal["pending", "allowed", "denied", "expired", "cancelled", "completed", "failed"]
 TERMINAL_STATES: frozenset[str] = frozenset({"denied", "expired", "cancelled", "completed", "failed"})

@@ -21,6 +21,7 @@ from approvals.models import BridgeToken, Rule, ToolCall, ToolPin
 from approvals.scopes import Scope
 from approvals.services.audit import audit_record
 from approvals.services.rules import RuleInvalid, rule_create, rule_spec
+from approvals.services.tokens import scope_text, server_in_scope
 from approvals.services.tools import tool_pin_accept
 from mcpbridge.protocol import arguments_hash
 
@@ -97,10 +98,12 @@ def call_submit(
         current = BridgeToken.objects.filter(pk=token.pk).values(
             "revoked_at",
             "expires_at",
+            "servers",
             "user__is_active",
             "team__mode",
             "team__rules_version",
             "team__default_deadline_seconds",
+            "team__four_eyes",
         )
         row = current.first()
         if (
@@ -110,6 +113,10 @@ def call_submit(
             or (row["expires_at"] and row["expires_at"] <= now)
         ):
             raise TokenUnusable()
+        # Reviewers' pages read the setting from the call's team: as fresh as the rest of this decision.
+        team.four_eyes = row["team__four_eyes"]
+        # Defence in depth: the bridge was refused at its hello, but the scope may have changed since.
+        in_scope = server_in_scope(row["servers"] or [], server)
         # Lock the call row only: decided_by is a nullable (outer) join, which PostgreSQL cannot lock.
         existing = (
             ToolCall.objects.select_for_update(of=("self",))
@@ -128,13 +135,19 @@ def call_submit(
             .order_by("created_at")
             .first()
         )
-        if existing is not None:
+        if existing is not None and in_scope:  # out of scope, even a call held before is not run
             run = existing.state == State.ALLOWED and _claim(existing, now=now)
             return Submitted(existing, run=run, reattached=True)
 
         findings: list[guards.Finding] = []
         risks: list[dict[str, str]] = []
-        if tool_hash is None:
+        if not in_scope:
+            verdict = policy.Verdict(
+                "deny",
+                f"denied: the token “{token.name}” may only front {scope_text(row['servers'])}, "
+                f"not the server '{server}'",
+            )
+        elif tool_hash is None:
             verdict = policy.Verdict("deny", f"denied: the server '{server}' has no tool named '{tool}'")
         else:
             findings = guards.inspect_arguments(arguments=arguments, input_schema=input_schema)
@@ -340,40 +353,85 @@ def call_decide(
     With ``always_allow`` an allow rule is created in the same transaction as the decision, scoped to
     ``exact`` (this very call), ``constraints`` (the given ones, which must match this call) or
     ``tool`` (any arguments). A team that keeps rules to its admins refuses it from a reviewer.
+    In a four-eyes team, allowing (or Always-Allowing) a call made with one's own token raises
+    ``access.FourEyesRefused``, a PermissionDenied, and the attempt is audited; denying it stays possible.
     """
     now = timezone.now()
+    refusal: access.FourEyesRefused | None = None
     with transaction.atomic():
         call = _load(call_id)
         access.require_decide(reviewer, call)
-        rule_constraints: list[dict[str, Any]] | None = None
-        if allow and always_allow:
-            rule_constraints = _always_allow_constraints(call, reviewer, scope, constraints)
-        reason = reason.replace("\x00", "").strip()[:1000]  # PostgreSQL text has no NUL
         if allow:
-            who = reviewer.get_username()
-            text = f"allowed by {who}" + (f": {reason}" if reason else "")
-        else:
-            text = "denied by a reviewer" + (f": {reason}" if reason else "")
-        changed = ToolCall.objects.filter(pk=call.pk, state=State.PENDING, deadline__gt=now).update(
-            state=State.ALLOWED if allow else State.DENIED,
-            reason=text,
-            decided_at=now,
-            decided_by=reviewer.pk,
-            decided_via=ToolCall.DecidedVia.HUMAN,
-        )
-        if not changed:
-            # Nothing may raise in here, or the expiry below would be rolled back with the transaction.
-            call.refresh_from_db(from_queryset=_with_relations())  # the state that won, for the refusal
-            if call.state == State.PENDING:  # past its deadline; the sweeper had not reached it yet
-                _expire(call, now=now)
-        else:
             try:
-                _record_decision(call, reviewer=reviewer, text=text, rule_constraints=rule_constraints)
-            except RuleInvalid as exc:  # rolls the decision back with the rule: the call stays held
-                raise InvalidRule(str(exc)) from None
+                access.require_approve(reviewer, call)
+            except access.FourEyesRefused as exc:
+                # Recorded here and raised once this commits: raising inside would roll the record back.
+                refusal = exc
+                audit_record(
+                    kind="call.approval_refused",
+                    team=call.team,
+                    actor_id=reviewer.pk,
+                    token=call.token,
+                    call=call,
+                    reason="four eyes: the reviewer made this call with their own token",
+                    decision="always_allow" if always_allow else "allow",
+                )
+        changed = refusal is None and _decide_held(
+            call,
+            reviewer=reviewer,
+            allow=allow,
+            reason=reason,
+            always_allow=always_allow,
+            scope=scope,
+            constraints=constraints,
+            now=now,
+        )
+    if refusal is not None:
+        raise refusal
     if not changed:
         raise CallAlreadyDecided(call)
     return call
+
+
+def _decide_held(
+    call: ToolCall,
+    *,
+    reviewer: AbstractBaseUser,
+    allow: bool,
+    reason: str,
+    always_allow: bool,
+    scope: Scope,
+    constraints: list[dict[str, Any]] | None,
+    now: Any,
+) -> bool:
+    """``call_decide``'s change, inside its transaction: False when the call had left the pending state."""
+    rule_constraints: list[dict[str, Any]] | None = None
+    if allow and always_allow:
+        rule_constraints = _always_allow_constraints(call, reviewer, scope, constraints)
+    reason = reason.replace("\x00", "").strip()[:1000]  # PostgreSQL text has no NUL
+    if allow:
+        who = reviewer.get_username()
+        text = f"allowed by {who}" + (f": {reason}" if reason else "")
+    else:
+        text = "denied by a reviewer" + (f": {reason}" if reason else "")
+    changed = ToolCall.objects.filter(pk=call.pk, state=State.PENDING, deadline__gt=now).update(
+        state=State.ALLOWED if allow else State.DENIED,
+        reason=text,
+        decided_at=now,
+        decided_by=reviewer.pk,
+        decided_via=ToolCall.DecidedVia.HUMAN,
+    )
+    if not changed:
+        # Nothing may raise in here, or the expiry below would be rolled back with the transaction.
+        call.refresh_from_db(from_queryset=_with_relations())  # the state that won, for the refusal
+        if call.state == State.PENDING:  # past its deadline; the sweeper had not reached it yet
+            _expire(call, now=now)
+        return False
+    try:
+        _record_decision(call, reviewer=reviewer, text=text, rule_constraints=rule_constraints)
+    except RuleInvalid as exc:  # rolls the decision back with the rule: the call stays held
+        raise InvalidRule(str(exc)) from None
+    return True
 
 
 class InvalidRule(Exception):

@@ -1,11 +1,17 @@
-"""Bridge tokens: issued per person and team, stored as a hash, revocable at once."""
+"""Bridge tokens: issued per person and team, stored as a hash, revocable at once.
+
+A token may be scoped to some servers (the bridge's ``--name``, or shell-style globs of it): a bridge that
+announces another server is refused at its hello, and a call to another server is denied.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from django.contrib.auth.models import User
@@ -23,17 +29,67 @@ PREFIX_LENGTH = 8
 _TOKEN_SHAPE = re.compile(rf"{TOKEN_MARK}[0-9a-f]{{{PREFIX_LENGTH}}}_[A-Za-z0-9_-]{{1,100}}")
 
 
+# A server name as a token's scope may hold it: what `mcpbridge --name` typically is, plus the globs `*`
+# and `?` (no `[...]` classes, no spaces or commas, which separate the names in the form).
+_SERVER_PATTERN = re.compile(r"[A-Za-z0-9._:@+/*?-]{1,128}")
+MAX_SCOPE_SERVERS = 20
+
+
+class TokenScopeInvalid(ValueError):
+    """A server scope that cannot be stored: the message says which name and why."""
+
+
+def token_servers_validate(servers: Iterable[str]) -> list[str]:
+    """The scope as stored: each name or glob checked, duplicates dropped, order kept. Empty means any."""
+    scope: list[str] = []
+    for server in servers:
+        if not isinstance(server, str) or not _SERVER_PATTERN.fullmatch(server):
+            raise TokenScopeInvalid(
+                f"{str(server)[:40]!r} is not a server name: use 1 to 128 letters, digits or . _ - : @ + /, "
+                "with * and ? as wildcards"
+            )
+        if server not in scope:
+            scope.append(server)
+    if len(scope) > MAX_SCOPE_SERVERS:
+        raise TokenScopeInvalid(f"at most {MAX_SCOPE_SERVERS} servers (use a glob such as files-*)")
+    return scope
+
+
+def token_servers_parse(text: str) -> list[str]:
+    """A scope typed by a person: names or globs separated by commas and/or spaces."""
+    return token_servers_validate(part for part in re.split(r"[\s,]+", text.strip()) if part)
+
+
+def server_in_scope(servers: Sequence[str], server: str) -> bool:
+    """May a token with this scope front this server? Case-sensitive, like rules; empty scope: any server."""
+    return not servers or any(fnmatch.fnmatchcase(server, pattern) for pattern in servers)
+
+
+def scope_text(servers: Sequence[str]) -> str:
+    """The scope for people: ``files, git-*`` or ``any server``."""
+    return ", ".join(servers) if servers else "any server"
+
+
 def _hash(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
 def token_issue(
-    *, team: Team, user: User, name: str, expires_at: datetime | None = None, by: User | None = None
+    *,
+    team: Team,
+    user: User,
+    name: str,
+    expires_at: datetime | None = None,
+    servers: Sequence[str] = (),
+    by: User | None = None,
 ) -> tuple[BridgeToken, str]:
     """Create a token and return it with its raw value, which is never stored and shown only now.
 
-    ``by`` is whoever issued it, when not the owner (an admin, an operator's command).
+    ``servers`` limits the servers its bridges may front (names or globs; empty: any), and raises
+    ``TokenScopeInvalid`` for a bad one. ``by`` is whoever issued it, when not the owner (an admin, an
+    operator's command).
     """
+    scope = token_servers_validate(servers)
     with transaction.atomic():
         while True:
             prefix = secrets.token_hex(PREFIX_LENGTH // 2)
@@ -41,12 +97,44 @@ def token_issue(
                 break
         raw = f"{TOKEN_MARK}{prefix}_{secrets.token_urlsafe(32)}"
         token = BridgeToken.objects.create(
-            team=team, user=user, name=name, prefix=prefix, secret_hash=_hash(raw), expires_at=expires_at
+            team=team,
+            user=user,
+            name=name,
+            prefix=prefix,
+            secret_hash=_hash(raw),
+            expires_at=expires_at,
+            servers=scope,
         )
         audit_record(
-            kind="token.issued", team=team, actor_id=(by or user).pk, token=token, name=name, prefix=prefix
+            kind="token.issued",
+            team=team,
+            actor_id=(by or user).pk,
+            token=token,
+            name=name,
+            prefix=prefix,
+            servers=scope,
         )
     return token, raw
+
+
+def token_scope_refused(*, token: BridgeToken, server: str) -> str:
+    """Record that a bridge announced a server outside its token's scope; return the refusal's text.
+
+    Audited: a token tried on a server it was not issued for may be a leaked or misused token.
+    """
+    with transaction.atomic():
+        audit_record(
+            kind="token.scope_refused",
+            team=token.team,
+            token=token,
+            server=server,
+            servers=list(token.servers),
+        )
+    return (
+        f"Signoff refused this bridge: its token “{token.name}” may only front {scope_text(token.servers)}, "
+        f"but this bridge fronts the server '{server}' (mcpbridge --name). Start the bridge with one of "
+        "those names, or ask your Signoff admin for a token for this server."
+    )
 
 
 def token_authenticate(raw: str) -> BridgeToken | None:

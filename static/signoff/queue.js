@@ -53,17 +53,28 @@
     element.querySelector(".call-token").textContent = call.token;
     element.querySelector(".call-arguments").textContent = JSON.stringify(call.arguments, null, 2);
     renderRisks(element, call);
+    // Four eyes: no Allow or Always-Allow on the reviewer's own call, only Deny (the server refuses it too).
+    const ownCall = call.four_eyes === true && String(call.requester_id) === root.dataset.userId;
+    if (ownCall) {
+      element.classList.add("own-call");
+      element.querySelector("button[value=allow]").remove();
+      element.querySelector(".always").remove();
+      element.querySelector(".four-eyes-note").hidden = false;
+    } else {
+      element.querySelector(".four-eyes-note").remove(); // .badge's display would beat [hidden]
+    }
     const form = element.querySelector("form");
     form.action = `/calls/${encodeURIComponent(call.id)}/decide/`;
     form.addEventListener("submit", (event) => {
       if (!socket || socket.readyState !== WebSocket.OPEN) return; // plain form post as fallback
       event.preventDefault();
-      const decision = event.submitter ? event.submitter.value : "allow";
+      // Enter in the reason field submits with no submitter: the form's first button decides.
+      const decision = event.submitter ? event.submitter.value : form.querySelector("button").value;
       const reason = form.querySelector("input[name=reason]").value;
       form.querySelectorAll("button").forEach((b) => (b.disabled = true));
       socket.send(JSON.stringify({ type: "decide", call_id: call.id, decision, reason }));
     });
-    setUpAlwaysAllow(element, call);
+    if (!ownCall) setUpAlwaysAllow(element, call);
     cards.set(call.id, { element, call });
     list.appendChild(element);
     refreshCounts();

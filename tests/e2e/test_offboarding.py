@@ -1,18 +1,16 @@
 """Offboarding takes effect at once: removing a member or revoking a token closes bridges and denies calls.
 
-With Redis the admin acts on one Daphne while the bridge is connected to another (the channel layer carries
-it across); on the embedded default both are the same process.
+With Redis the admin acts on one Daphne (``admin_server``) while the bridge is connected to another (the
+channel layer carries it across); on the embedded default both are the same process. The 1 s bound across
+processes is measured in ``test_revocation_cross_process.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import time
-from collections.abc import Iterator
 
 import anyio
-import pytest
 
 from approvals.models import BridgeToken, Membership, ToolCall
 from tests.e2e.conftest import (
@@ -21,22 +19,11 @@ from tests.e2e.conftest import (
     TeamSetup,
     bridge,
     browser_login,
-    running_server,
     text_of,
 )
 
 # Far below the bridge's 15 s status poll: only a pushed event can explain an answer this fast.
 AT_ONCE = 5.0
-
-
-@pytest.fixture
-def admin_server(signoff: SignoffServer) -> Iterator[SignoffServer]:
-    """Where the admin clicks: another Daphne when Redis joins them, else the same one."""
-    if not os.environ.get("REDIS_URL"):
-        yield signoff
-        return
-    with running_server("admin-side") as other:
-        yield other
 
 
 async def hold_call_then(b, action) -> tuple[object, float]:
