@@ -6,6 +6,8 @@ from typing import Any
 
 from django.http import HttpRequest
 
+from approvals import access
+
 
 def current_team(request: HttpRequest) -> dict[str, Any]:
     """The team the page is about (set by the view), the user's role in it, and their other teams."""
@@ -14,4 +16,17 @@ def current_team(request: HttpRequest) -> dict[str, Any]:
         "current_team": getattr(request, "team", None),
         "current_role": membership.role if membership else None,
         "user_teams": getattr(request, "user_teams", []),
+    }
+
+
+def two_factor(request: HttpRequest) -> dict[str, Any]:
+    """``mfa_setup_teams``: the teams whose requirement of two-factor authentication the user has yet to
+    meet (the banner on every page says so, with a link to set it up); ``mfa_required_teams``: all teams
+    requiring it of the user, read only by the pages that show it (templates call a callable)."""
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return {"mfa_setup_teams": [], "mfa_required_teams": []}
+    return {
+        "mfa_setup_teams": access.teams_needing_mfa_setup(user),
+        "mfa_required_teams": lambda: access.teams_requiring_mfa(user),
     }
