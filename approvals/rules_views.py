@@ -27,6 +27,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from approvals import access, policy, policyfile
 from approvals.models import Rule, Team, ToolCall
+from approvals.services import audit_search
 from approvals.services import rules as rule_services
 from approvals.views import _select_team
 
@@ -266,7 +267,7 @@ def _prefill(request: HttpRequest) -> dict[str, Any]:
 @require_GET
 @login_required
 def rule_detail(request: HttpRequest, rule_id: int) -> HttpResponse:
-    """One rule and the calls it decided, newest first."""
+    """One rule and the calls it decided, newest first, their secrets masked."""
     rule = _decorate(_rule_for(request, rule_id), timezone.now())
     calls = (
         ToolCall.objects.filter(rule=rule).select_related("requester", "decided_by").order_by("-created_at")
@@ -279,6 +280,7 @@ def rule_detail(request: HttpRequest, rule_id: int) -> HttpResponse:
             "team": rule.team,
             "rule": rule,
             "page": page,
+            "rows": audit_search.show_calls(page.object_list),
             "can_manage": access.is_admin(request.user, rule.team),
         },
     )
@@ -399,8 +401,10 @@ def rules_import(request: HttpRequest) -> HttpResponse:
     access.require_admin(request.user, team)
     form = ImportForm(request.POST or None, request.FILES or None)
     problems: list[str] = []
+    refused = ""
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
+        refused = upload.name or ""
         try:
             text = policyfile.decode_upload(upload.read(policyfile.MAX_FILE_BYTES + 1))
             result = policyfile.import_text(
@@ -415,4 +419,8 @@ def rules_import(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, f"Imported {upload.name}: {result}.")
             return redirect("approvals:rules")
-    return render(request, "approvals/rules_import.html", {"team": team, "form": form, "problems": problems})
+    return render(
+        request,
+        "approvals/rules_import.html",
+        {"team": team, "form": form, "problems": problems, "refused": refused},
+    )

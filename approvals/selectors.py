@@ -18,11 +18,10 @@ def pending_calls_for(*, team: Team) -> QuerySet[ToolCall]:
     )
 
 
-def decided_calls_for(*, team: Team) -> QuerySet[ToolCall]:
-    """The team's calls that left the queue, newest first."""
-    return (
-        ToolCall.objects.select_related(*_CALL_RELATIONS)
-        .filter(team=team)
-        .exclude(state=ToolCall.State.PENDING)
-        .order_by("-created_at")
-    )
+def decided_calls_for(*, team: Team, requester_id: int | None = None) -> QuerySet[ToolCall]:
+    """The team's calls that left the queue, newest first; with ``requester_id``, only that person's
+    (the calls made with their own tokens: what a member sees)."""
+    calls = ToolCall.objects.select_related(*_CALL_RELATIONS).filter(team=team)
+    if requester_id is not None:
+        calls = calls.filter(requester_id=requester_id)
+    return calls.exclude(state=ToolCall.State.PENDING).order_by("-created_at")

@@ -405,6 +405,17 @@ def test_a_rules_page_lists_the_calls_it_decided_newest_first(
     assert rule_url("rule_delete", rule) not in page  # auditors read only
 
 
+def test_the_calls_a_rule_decided_show_secrets_masked(rule, auditor, member_token, submit) -> None:
+    secret = "sgo_0badc0de_Zt6qk2Y3vQ9pL0mN8xR4sW7uE1iO5aD3"
+    call = submit(member_token.token, arguments={"path": f"/srv/project/{secret}.txt"}).call
+    assert call.rule_id == rule.pk
+    client = Client()
+    client.force_login(auditor)
+    page = client.get(rule_url("rule_detail", rule)).content.decode()
+    assert str(call.pk) in page
+    assert secret not in page and "sgo_0badc0de…[masked]" in page
+
+
 def test_a_rule_without_calls_says_so(rule, admin) -> None:
     client = Client()
     client.force_login(admin)
@@ -485,7 +496,7 @@ def test_an_uploaded_file_replaces_the_rules(team_a, team_b, rule, admin, outsid
     client = Client()
     client.force_login(bravo_admin)
     response = client.post(IMPORT, {"file": SimpleUploadedFile("alpha.yaml", text)}, follow=True)
-    assert "Imported alpha.yaml: 1 rules added, 0 removed, 0 unchanged." in response.content.decode()
+    assert "Imported alpha.yaml: 1 rule added, 0 removed, 0 unchanged." in response.content.decode()
     [copied] = Rule.objects.filter(team=team_b)
     assert (copied.server, copied.tool, copied.constraints, copied.created_by) == (
         SERVER,
