@@ -5,6 +5,7 @@ from __future__ import annotations
 from django import forms
 
 from approvals.models import Membership, Team
+from approvals.services.tokens import TokenScopeInvalid, token_servers_parse
 
 EXPIRY_CHOICES = [
     ("", "Never"),
@@ -24,6 +25,20 @@ class TokenIssueForm(forms.Form):
     expires_in_days = forms.TypedChoiceField(
         choices=EXPIRY_CHOICES, coerce=int, empty_value=None, required=False, label="Expires"
     )
+    servers = forms.CharField(
+        max_length=2000,
+        required=False,
+        label="Servers",
+        help_text="Only these servers (mcpbridge --name), separated by commas or spaces; * and ? are "
+        "wildcards. Empty: any server.",
+        widget=forms.TextInput(attrs={"placeholder": "any server", "autocomplete": "off"}),
+    )
+
+    def clean_servers(self) -> list[str]:
+        try:
+            return token_servers_parse(self.cleaned_data.get("servers") or "")
+        except TokenScopeInvalid as exc:
+            raise forms.ValidationError(str(exc)) from None
 
 
 class MemberAddForm(forms.Form):
@@ -52,3 +67,23 @@ class TeamSettingsForm(forms.ModelForm):
         if not 10 <= seconds <= 86400:
             raise forms.ValidationError("Between 10 seconds and a day (86400).")
         return seconds
+
+
+INVITATION_VALIDITY_CHOICES = [
+    ("1", "1 day"),
+    ("3", "3 days"),
+    ("7", "7 days"),
+    ("14", "14 days"),
+    ("30", "30 days"),
+]
+
+
+class InvitationForm(forms.Form):
+    email = forms.EmailField(
+        help_text="Where the link goes. It works once, for this address only.",
+        widget=forms.EmailInput(attrs={"placeholder": "name@example.com", "autocomplete": "off"}),
+    )
+    role = forms.ChoiceField(choices=Membership.Role.choices, initial=Membership.Role.MEMBER)
+    valid_for_days = forms.TypedChoiceField(
+        choices=INVITATION_VALIDITY_CHOICES, coerce=int, initial="7", label="Link expires in"
+    )

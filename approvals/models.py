@@ -247,6 +247,8 @@ class ToolCall(models.Model):
             models.Index(fields=["team", "state", "deadline"], name="call_team_state"),
             models.Index(fields=["token", "arguments_hash"], name="call_token_args"),
             models.Index(fields=["state", "deadline"], name="call_state_deadline"),
+            # History, the Audit page and its exports read a team's calls newest first.
+            models.Index(fields=["team", "-created_at"], name="call_team_newest"),
         ]
 
     def __str__(self) -> str:

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from approvals import rules_views, views
+from approvals import audit_views, invitation_views, rules_views, views
 
 app_name = "approvals"
 
@@ -8,12 +8,22 @@ urlpatterns = [
     path("", views.queue, name="queue"),
     path("history/", views.history, name="history"),
     path("calls/<str:call_id>/decide/", views.decide, name="decide"),
+    path("calls/<str:call_id>/", audit_views.call_detail, name="call_detail"),
+    path("audit/", audit_views.audit, name="audit"),
+    path("audit/export/", audit_views.audit_export, name="audit_export"),
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:token_id>/revoke/", views.token_revoke_view, name="token_revoke"),
     path("members/", views.members, name="members"),
     path("settings/", views.team_settings, name="team_settings"),
     path("members/<int:membership_id>/role/", views.member_role, name="member_role"),
     path("members/<int:membership_id>/remove/", views.member_remove_view, name="member_remove"),
+    path("members/invitations/", invitation_views.invitation_create_view, name="invitation_create"),
+    path(
+        "members/invitations/<int:invitation_id>/revoke/",
+        invitation_views.invitation_revoke_view,
+        name="invitation_revoke",
+    ),
+    path("invite/<str:secret>/", invitation_views.invitation_accept_view, name="invitation_accept"),
     path("rules/", rules_views.rules_list, name="rules"),
     path("rules/new/", rules_views.rule_new, name="rule_new"),
     path("rules/dry-run/", rules_views.rules_dry_run, name="rules_dry_run"),

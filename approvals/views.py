@@ -15,11 +15,14 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from approvals import access, selectors
-from approvals.forms import MemberAddForm, MemberRoleForm, TeamSettingsForm, TokenIssueForm
+from approvals.forms import InvitationForm, MemberAddForm, MemberRoleForm, TeamSettingsForm, TokenIssueForm
 from approvals.models import BridgeToken, Membership, Team
+from approvals.services import audit_search
 from approvals.services import calls as call_services
+from approvals.services.invitations import invitations_open_for
 from approvals.services.teams import (
     LastAdminError,
+    MfaLockout,
     member_add,
     member_remove,
     team_settings_change,
@@ -62,13 +65,18 @@ def queue(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def history(request: HttpRequest) -> HttpResponse:
-    """Calls that left the queue, newest first."""
+    """Calls that left the queue, newest first, their secrets masked: all of the team's for admins,
+    reviewers and auditors, a member's own for a member."""
     team = _select_team(request)
     if team is None:
         return render(request, "approvals/no_team.html")
-    access.require_review(request.user, team)
-    page = Paginator(selectors.decided_calls_for(team=team), 50).get_page(request.GET.get("page"))
-    return render(request, "approvals/history.html", {"team": team, "page": page})
+    membership = access.require_history(request.user, team)
+    own = None if access.sees_all_calls(membership) else request.user.pk
+    calls = selectors.decided_calls_for(team=team, requester_id=own)
+    page = Paginator(calls, 50).get_page(request.GET.get("page"))
+    rows = audit_search.show_calls(page.object_list)
+    context = {"team": team, "page": page, "rows": rows, "own_only": own is not None}
+    return render(request, "approvals/history.html", context)
 
 
 @require_POST
@@ -89,6 +97,8 @@ def decide(request: HttpRequest, call_id: str) -> HttpResponse:
         )
     except call_services.CallNotFound:
         raise PermissionDenied("No such call in your teams.") from None
+    except access.FourEyesRefused as exc:
+        messages.error(request, str(exc))
     except call_services.CallAlreadyDecided as exc:
         messages.warning(request, f"That call was already {exc.call.state}.")
     except call_services.InvalidRule as exc:
@@ -123,14 +133,17 @@ def tokens(request: HttpRequest) -> HttpResponse:
             user=request.user,  # type: ignore[arg-type]
             name=form.cleaned_data["name"],
             expires_at=timezone.now() + timedelta(days=days) if days else None,
+            servers=form.cleaned_data["servers"],
         )
+        # The example config names a server the token may front: its first plain name, else "files".
+        example = next((s for s in token.servers if "*" not in s and "?" not in s), "files")
         configs = client_configs(
-            public_url=_public_url(request), token=raw, name="files", upstream=EXAMPLE_UPSTREAM
+            public_url=_public_url(request), token=raw, name=example, upstream=EXAMPLE_UPSTREAM
         )
         response = render(
             request,
             "approvals/token_issued.html",
-            {"team": team, "token": token, "raw": raw, "configs": configs},
+            {"team": team, "token": token, "raw": raw, "configs": configs, "server_name": example},
         )
         response["Cache-Control"] = "no-store"  # the raw token is on this page, and only here
         return response
@@ -184,7 +197,14 @@ def members(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "approvals/members.html",
-        {"team": team, "memberships": people, "form": form, "roles": Membership.Role.choices},
+        {
+            "team": team,
+            "memberships": people,
+            "form": form,
+            "roles": Membership.Role.choices,
+            "invite_form": InvitationForm(),
+            "invitations": invitations_open_for(team=team),
+        },
     )
 
 
@@ -235,16 +255,20 @@ def team_settings(request: HttpRequest) -> HttpResponse:
     access.require_admin(request.user, team)
     form = TeamSettingsForm(request.POST if request.method == "POST" else None, instance=team)
     if request.method == "POST" and form.is_valid():
-        team_settings_change(
-            team=team,
-            by=request.user,  # type: ignore[arg-type]
-            name=form.cleaned_data["name"],
-            mode=form.cleaned_data["mode"],
-            deadline=form.cleaned_data["default_deadline_seconds"],
-            rules_admins_only=form.cleaned_data["rules_admins_only"],
-            four_eyes=form.cleaned_data["four_eyes"],
-            require_mfa=form.cleaned_data["require_mfa"],
-        )
-        messages.success(request, "Settings saved: they apply to the next call.")
-        return redirect("approvals:team_settings")
+        try:
+            team_settings_change(
+                team=team,
+                by=request.user,  # type: ignore[arg-type]
+                name=form.cleaned_data["name"],
+                mode=form.cleaned_data["mode"],
+                deadline=form.cleaned_data["default_deadline_seconds"],
+                rules_admins_only=form.cleaned_data["rules_admins_only"],
+                four_eyes=form.cleaned_data["four_eyes"],
+                require_mfa=form.cleaned_data["require_mfa"],
+            )
+        except MfaLockout as exc:
+            form.add_error("require_mfa", str(exc))
+        else:
+            messages.success(request, "Settings saved: they apply to the next call.")
+            return redirect("approvals:team_settings")
     return render(request, "approvals/team_settings.html", {"team": team, "form": form})

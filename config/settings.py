@@ -20,6 +20,7 @@ from config.env import (
     env_str,
     local_secret_key,
 )
+from config.sso import oidc_providers_from_env
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(env_str("SIGNOFF_STATE_DIR", str(BASE_DIR / ".signoff")))
@@ -44,6 +45,10 @@ INSTALLED_APPS = [
     "channels",
     "allauth",
     "allauth.account",
+    "allauth.mfa",
+    # Installed always (stable migrations); without SIGNOFF_OIDC_* there is no provider, hence no SSO.
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.openid_connect",
     "approvals",
 ]
 
@@ -57,6 +62,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
+    "approvals.two_factor.MfaRequiredRedirectMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -74,6 +80,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "approvals.context_processors.current_team",
+                "approvals.context_processors.two_factor",
             ],
         },
     },
@@ -161,6 +168,20 @@ LOGIN_URL = "account_login"
 LOGIN_REDIRECT_URL = "approvals:queue"
 ACCOUNT_LOGOUT_REDIRECT_URL = "account_login"
 
+# Two-factor authentication: an authenticator app (TOTP), with recovery codes as its fallback. A team may
+# require it of its reviewers and admins (Team.require_mfa, enforced in approvals/access.py).
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
+MFA_TOTP_ISSUER = "Signoff"
+# One 30-second step either side: phones whose clocks drift a little still log in.
+MFA_TOTP_TOLERANCE = 1
+
+# Optional OpenID Connect single sign-on (config/sso.py). It signs in existing people only: the adapter
+# connects a provider account to the user with the same provider-verified email and refuses anyone else.
+SOCIALACCOUNT_PROVIDERS = oidc_providers_from_env()
+SOCIALACCOUNT_ADAPTER = "approvals.social_adapters.ExistingUsersSocialAccountAdapter"
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = False  # matching by email is the adapter's job, without wiping passwords
+SOCIALACCOUNT_STORE_TOKENS = False
+
 if env_str("EMAIL_HOST"):
     EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     EMAIL_HOST = env_str("EMAIL_HOST")
@@ -168,9 +189,27 @@ if env_str("EMAIL_HOST"):
     EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
     EMAIL_HOST_PASSWORD = env_secret("EMAIL_HOST_PASSWORD")
     EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True)
+elif env_str("SIGNOFF_EMAIL_DIR"):
+    # Each mail as a file in this folder (tests read the links a real server sent).
+    EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+    EMAIL_FILE_PATH = env_str("SIGNOFF_EMAIL_DIR")
 else:
     EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "signoff@localhost")
+
+# Login rate limits (allauth's defaults, spelled out so that nobody turns them off unknowingly): per IP and
+# per address, failed logins are refused for a while with "Too many failed login attempts".
+ACCOUNT_RATE_LIMITS = {
+    "login": "30/m/ip",
+    "login_failed": "10/m/ip,5/300s/key",
+    "signup": "20/m/ip",
+    "reset_password": "20/m/ip,5/m/key",
+    "reset_password_from_key": "20/m/ip",
+    "confirm_email": "1/180s/key",
+    "change_password": "5/m/user",
+    "manage_email": "10/m/user",
+    "reauthenticate": "10/m/user",
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -206,7 +245,11 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Tokens, keys and passwords that reach a log line (a URL, an exception) are masked on the way out.
+    "filters": {"mask_secrets": {"()": "approvals.masking.SecretMaskingFilter"}},
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["mask_secrets"]}
+    },
     "root": {"handlers": ["stderr"], "level": env_str("SIGNOFF_LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}, "daphne": {"level": "WARNING"}},
 }

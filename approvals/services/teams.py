@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils.text import slugify
 
 from approvals import realtime
-from approvals.access import REVIEW_ROLES
+from approvals.access import REVIEW_ROLES, has_totp
 from approvals.models import BridgeToken, Membership, Team
 from approvals.services.audit import audit_record
 from approvals.services.calls import calls_lock_held_of
@@ -150,6 +150,10 @@ def user_access_end(*, user: User, by: User | None = None) -> None:
             )
 
 
+class MfaLockout(ValueError):
+    """Requiring two-factor would at once take away the rights of the admin who asks for it."""
+
+
 def team_settings_change(
     *,
     team: Team,
@@ -161,11 +165,20 @@ def team_settings_change(
     four_eyes: bool | None = None,
     require_mfa: bool | None = None,
 ) -> Team:
-    """Change a team's settings; audited with what changed. ``None`` leaves a yes/no setting as it is."""
+    """Change a team's settings; audited with what changed. ``None`` leaves a yes/no setting as it is.
+
+    Raises :class:`MfaLockout` when ``require_mfa`` is turned on by an admin who has no authenticator app
+    themselves: they would lose the admin rights needed to undo it.
+    """
     if mode not in Team.Mode.values:
         raise ValueError(f"Unknown mode {mode!r}.")
     with transaction.atomic():
         locked = Team.objects.select_for_update().get(pk=team.pk)
+        if require_mfa and not locked.require_mfa and not has_totp(by.pk):
+            raise MfaLockout(
+                "Set up two-factor for yourself first (Two-factor, at the top of the page): with this on and "
+                "no authenticator app, you would lose your admin rights in this team at once."
+            )
         new = {
             "name": name,
             "mode": mode,

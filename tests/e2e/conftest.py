@@ -58,6 +58,8 @@ SERVER_ENV: dict[str, str] = {
     "SECRET_KEY": secrets.token_urlsafe(40),
     "SIGNOFF_CHANNEL_PREFIX": f"signoff-e2e-{os.getpid()}",
     "SIGNOFF_LOG_LEVEL": "WARNING",
+    # Mails the servers send (invitations, password resets) land here as files, for the tests to read.
+    "SIGNOFF_EMAIL_DIR": str(_STATE / "mail"),
     "DATABASE_URL": _database_url(),
 }
 if not os.environ.get("REDIS_URL"):
@@ -207,6 +209,17 @@ def signoff(celery_worker: None) -> Iterator[SignoffServer]:
     """One Daphne shared by the tests that do not kill it."""
     with running_server("shared") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def admin_server(signoff: SignoffServer) -> Iterator[SignoffServer]:
+    """Where an admin acts while bridges and pages stay on ``signoff``: a second Daphne when Redis joins the
+    processes, else ``signoff`` itself (the embedded default's in-memory channel layer is per process)."""
+    if not os.environ.get("REDIS_URL"):
+        yield signoff
+        return
+    with running_server("admin-side") as other:
+        yield other
 
 
 # --- people and tokens ----------------------------------------------------------------------------

@@ -26,8 +26,9 @@ from django.test import Client
 from django.urls import URLPattern, reverse
 
 from approvals import policyfile
-from approvals.models import AuditEvent, BridgeToken, Membership, Rule, Team, ToolCall
+from approvals.models import AuditEvent, BridgeToken, Invitation, Membership, Rule, Team, ToolCall
 from approvals.services import rules as rule_services
+from approvals.services.invitations import invitation_create
 from approvals.services.teams import member_add, user_get_or_create
 from approvals.services.tools import tools_seen
 from approvals.urls import urlpatterns
@@ -46,8 +47,13 @@ NOT_ALLOWED = "405 405 405 405 405 405"
 MATRIX: dict[str, tuple[str, str]] = {
     #                 GET                       POST
     "queue": ("L 200 200 403 403 403", "L 200 200 403 403 403"),
-    "history": ("L 200 200 403 403 403", "L 200 200 403 403 403"),
+    # Everyone in the team has a History: a member sees the calls of their own tokens (test_audit_views.py).
+    "history": ("L 200 200 200 200 403", "L 200 200 200 200 403"),
     "decide": (NOT_ALLOWED, "L 302 302 403 403 403"),
+    "call_detail": ("L 200 200 200 200 403", NOT_ALLOWED),  # the member's own call
+    # The team's whole record is for admins and auditors; exporting it writes an audit event.
+    "audit": ("L 200 403 403 200 403", NOT_ALLOWED),
+    "audit_export": ("L 200 403 403 200 403", NOT_ALLOWED),
     # Auditors read: they may not issue a bridge token (which would let them run tools).
     "tokens": ("L 200 200 200 200 403", "L 200 200 200 403 403"),
     "token_revoke": (NOT_ALLOWED, "L 302 403 302 403 403"),  # the token is the member's
@@ -64,9 +70,50 @@ MATRIX: dict[str, tuple[str, str]] = {
     "rule_edit": ("L 200 403 403 403 403", "L 302 403 403 403 403"),
     "rule_enabled": (NOT_ALLOWED, "L 302 403 403 403 403"),
     "rule_delete": (NOT_ALLOWED, "L 302 403 403 403 403"),
+    "invitation_create": (NOT_ALLOWED, "L 302 403 403 403 403"),
+    "invitation_revoke": (NOT_ALLOWED, "L 302 403 403 403 403"),
+    # The link's page is public; the world's invitation is for nobody here: signed in, "not your
+    # invitation"; anonymous, the way to sign up (a POST goes back there). The rest: test_invitations.py.
+    "invitation_accept": ("200 403 403 403 403 403", "302 403 403 403 403 403"),
 }
 # A permitted POST to these must change the database; to the others (pages, dry run) it must not.
-WRITES = frozenset(MATRIX) - {"queue", "history", "rules_dry_run"}
+WRITES = frozenset(MATRIX) - {"queue", "history", "rules_dry_run", "invitation_accept"}
+# A permitted GET to these records an audit event (``audit.exported``); to the others it changes nothing.
+AUDITED_READS = frozenset({"audit_export"})
+
+# Team alpha requires two-factor authentication and its admin and reviewer have no authenticator app: they
+# keep a member's rights (their own tokens), nothing of their role's. Cells: admin reviewer.
+# "M" = 302 to the two-factor page (a page refused only for want of it sends them to set it up); a write
+# refused for the same reason is 403. With an app, MATRIX applies again (test_route_with_two_factor).
+MFA_MISSING = ("admin", "reviewer")
+MFA_PAGE = reverse("mfa_index")
+MFA_MATRIX: dict[str, tuple[str, str]] = {
+    #                  GET         POST
+    "queue": ("M M", "403 403"),
+    "history": ("200 200", "200 200"),  # as a member's: the calls of their own tokens
+    "decide": ("405 405", "403 403"),
+    "call_detail": ("M M", "405 405"),  # the member's call: their role would show it
+    "audit": ("M 403", "405 405"),
+    "audit_export": ("M 403", "405 405"),
+    "tokens": ("200 200", "200 200"),  # their own tokens, and they may issue one
+    "token_revoke": ("405 405", "403 403"),  # the member's token: an admin's right, not a member's
+    "members": ("M 403", "403 403"),  # a reviewer is refused as before: two-factor would not change it
+    "team_settings": ("M 403", "403 403"),
+    "member_role": ("405 405", "403 403"),
+    "member_remove": ("405 405", "403 403"),
+    "rules": ("M M", "405 405"),
+    "rule_new": ("M M", "403 403"),
+    "rules_dry_run": ("M M", "403 403"),
+    "rules_export": ("M M", "405 405"),
+    "rules_import": ("M M", "403 403"),  # rule pages check reading first, which two-factor gives back
+    "rule_detail": ("M M", "405 405"),
+    "rule_edit": ("M M", "403 403"),
+    "rule_enabled": ("405 405", "403 403"),
+    "rule_delete": ("405 405", "403 403"),
+    "invitation_create": ("405 405", "403 403"),
+    "invitation_revoke": ("405 405", "403 403"),
+    "invitation_accept": ("403 403", "403 403"),  # not their invitation, as in MATRIX
+}
 
 
 @dataclass
@@ -77,6 +124,8 @@ class World:
     rule: Rule
     token: BridgeToken  # the member's
     membership: Membership  # the member's
+    invitation: Invitation | None = None  # open, for an address nobody here has
+    invitation_secret: str = ""
 
 
 @pytest.fixture
@@ -98,8 +147,16 @@ def world(
     call = submit(member_token.token, tool_hash=OTHER_TOOL_HASH).call
     assert call.state == ToolCall.State.PENDING
     users = {"admin": admin, "reviewer": reviewer, "member": member, "auditor": auditor, "outsider": outsider}
+    invitation, secret = invitation_create(team=team_a, email="invitee@example.com", role="member", by=admin)
     return World(
-        team_a, users, call, rule, member_token.token, Membership.objects.get(team=team_a, user=member)
+        team_a,
+        users,
+        call,
+        rule,
+        member_token.token,
+        Membership.objects.get(team=team_a, user=member),
+        invitation,
+        secret,
     )
 
 
@@ -107,6 +164,7 @@ def url_for(name: str, w: World) -> str:
     """The route's address for alpha's objects; routes without an object ask for ``?team=alpha``."""
     pattern = next(p for p in urlpatterns if isinstance(p, URLPattern) and p.name == name)
     objects = {"call_id": str(w.call.pk), "token_id": w.token.pk, "membership_id": w.membership.pk}
+    objects.update(invitation_id=w.invitation.pk if w.invitation else 0, secret=w.invitation_secret)
     kwargs = {key: objects.get(key, w.rule.pk) for key in pattern.pattern.converters}
     return reverse(f"approvals:{name}", kwargs=kwargs) + ("" if kwargs else "?team=alpha")
 
@@ -117,6 +175,7 @@ def post_data(name: str, w: World) -> dict[str, Any]:
         "decide": {"decision": "deny", "reason": "matrix"},
         "tokens": {"name": "matrix"},
         "members": {"email": "newcomer@example.com", "role": "member"},
+        "invitation_create": {"email": "newcomer@example.com", "role": "member", "valid_for_days": "7"},
         "team_settings": {"name": "Alpha", "mode": "whitelist", "default_deadline_seconds": "600"},
         "member_role": {"role": "reviewer"},
         "rule_new": rule,
@@ -138,6 +197,7 @@ def fingerprint() -> tuple[Any, ...]:
         list(BridgeToken.objects.order_by("pk").values_list("pk", "revoked_at")),
         list(Rule.objects.order_by("pk").values_list("pk", "effect", "server", "tool", "note", "enabled")),
         list(ToolCall.objects.order_by("pk").values_list("pk", "state")),
+        list(Invitation.objects.order_by("pk").values_list("pk", "revoked_at", "accepted_at")),
         AuditEvent.objects.count(),
     )
 
@@ -180,7 +240,8 @@ def test_route(world: World, role: str, name: str) -> None:
         response = client.get(url) if method == "GET" else client.post(url, post_data(name, world))
         check(response, expected, f"{role} {method} {url}")
         changed = fingerprint() != before
-        if method == "POST" and name in WRITES and expected in ("200", "302"):
+        writes = name in WRITES if method == "POST" else name in AUDITED_READS
+        if writes and expected in ("200", "302"):
             assert changed, f"{role} {method} {url}: permitted, but nothing changed"
         else:
             assert not changed, f"{role} {method} {url}: changed the database"
@@ -210,7 +271,16 @@ def test_where_each_role_lands(world: World, role: str, status: int, location: s
 @pytest.mark.django_db
 @pytest.mark.parametrize("role", ["admin", "outsider"])
 @pytest.mark.parametrize(
-    "name", ["token_revoke", "member_role", "member_remove", "rule_edit", "rule_enabled", "rule_delete"]
+    "name",
+    [
+        "token_revoke",
+        "member_role",
+        "member_remove",
+        "rule_edit",
+        "rule_enabled",
+        "rule_delete",
+        "invitation_revoke",
+    ],
 )
 def test_an_unknown_object_is_404(world: World, role: str, name: str) -> None:
     pattern = next(p for p in urlpatterns if p.name == name)
@@ -247,6 +317,53 @@ def test_rules_admins_only_takes_rule_creation_from_reviewers(world: World) -> N
     assert fingerprint() == before
     assert admin.post(url, data).status_code == 302
     assert Rule.objects.filter(team=world.team).count() == 2
+
+
+def require_two_factor(w: World, *, with_app: bool) -> None:
+    """Alpha requires two-factor authentication; its admin and reviewer have an authenticator app or not."""
+    from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
+
+    Team.objects.filter(pk=w.team.pk).update(require_mfa=True)
+    if with_app:
+        for role in MFA_MISSING:
+            TOTP.activate(w.users[role], generate_totp_secret())
+
+
+def test_the_mfa_matrix_names_every_route() -> None:
+    assert sorted(MFA_MATRIX) == sorted(MATRIX)
+    assert all(len(row.split()) == len(MFA_MISSING) for pair in MFA_MATRIX.values() for row in pair)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", sorted(MFA_MATRIX))
+@pytest.mark.parametrize("role", MFA_MISSING)
+def test_route_without_two_factor(world: World, role: str, name: str) -> None:
+    require_two_factor(world, with_app=False)
+    client = client_for(role, world)
+    url = url_for(name, world)
+    for method, row in zip(("GET", "POST"), MFA_MATRIX[name], strict=True):
+        expected = row.split()[MFA_MISSING.index(role)]
+        where = f"{role} without two-factor {method} {url}"
+        before = fingerprint()
+        response = client.get(url) if method == "GET" else client.post(url, post_data(name, world))
+        if expected == "M":
+            assert (response.status_code, response["Location"]) == (302, MFA_PAGE), where
+        else:
+            check(response, expected, where)
+        changed = fingerprint() != before
+        if method == "POST" and name in WRITES and expected in ("200", "302"):
+            assert changed, f"{where}: permitted, but nothing changed"
+        else:
+            assert not changed, f"{where}: changed the database"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", sorted(MATRIX))
+@pytest.mark.parametrize("role", MFA_MISSING)
+def test_route_with_two_factor(world: World, role: str, name: str) -> None:
+    """With an authenticator app the team's requirement is met: the role's own cells of MATRIX apply."""
+    require_two_factor(world, with_app=True)
+    test_route(world, role, name)
 
 
 # --- the review socket ---------------------------------------------------------------------------------
@@ -334,3 +451,18 @@ async def test_review_socket(
             assert json.loads(await socket.receive_from(timeout=3)) == {"type": "snapshot", "calls": []}
             assert await act(socket, call_id) == ("error", "error")
         assert await state(call_id) == ("pending", 0)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("role", MFA_MISSING)
+async def test_review_socket_without_two_factor(
+    world: World, session_cookie: Callable, close_connections: None, role: str
+) -> None:
+    """A team that requires two-factor authentication: its admin or reviewer without it is refused."""
+    await database_sync_to_async(require_two_factor)(world, with_app=False)
+    cookie = await database_sync_to_async(session_cookie)(world.users[role])
+    async with review_socket(cookie, "alpha") as socket:
+        assert json.loads(await socket.receive_from(timeout=3))["type"] == "error"
+        closed = await socket.receive_output(timeout=3)
+        assert (closed["type"], closed.get("code")) == ("websocket.close", 4403)
+    assert await state(str(world.call.pk)) == ("pending", 0)

@@ -64,3 +64,29 @@ def test_a_deadline_out_of_range_is_refused(admin, team_a, seconds: int) -> None
 def test_saving_unchanged_settings_writes_no_audit_event(admin) -> None:
     logged_in(admin).post(SETTINGS, form())
     assert not AuditEvent.objects.filter(kind="team.settings_changed").exists()
+
+
+def test_four_eyes_is_saved_and_audited(admin, team_a) -> None:
+    assert logged_in(admin).post(SETTINGS, form(four_eyes="on")).status_code == 302
+    team_a.refresh_from_db()
+    assert team_a.four_eyes
+    event = AuditEvent.objects.get(kind="team.settings_changed")
+    assert event.data["changed"] == {"four_eyes": True}
+
+
+def test_an_admin_without_an_app_cannot_require_two_factor_and_lock_themselves_out(admin, team_a) -> None:
+    response = logged_in(admin).post(SETTINGS, form(require_mfa="on"))
+    assert response.status_code == 200
+    assert "Set up two-factor for yourself first" in response.content.decode()
+    team_a.refresh_from_db()
+    assert not team_a.require_mfa
+    assert not AuditEvent.objects.filter(kind="team.settings_changed").exists()
+
+
+def test_an_admin_with_an_app_may_require_two_factor(admin, team_a) -> None:
+    from .test_mfa import activate_totp
+
+    activate_totp(admin)
+    assert logged_in(admin).post(SETTINGS, form(require_mfa="on")).status_code == 302
+    team_a.refresh_from_db()
+    assert team_a.require_mfa
