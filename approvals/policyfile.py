@@ -16,6 +16,14 @@ transaction with one audit event. The schema is documented in docs/policy-as-cod
         note: project files  # optional
         enabled: true        # optional, default true
         expires_at: "2030-01-01T00:00:00Z"  # optional, ISO 8601 with a timezone
+    limits:                # optional: absent leaves the team's rate limits as they are
+      - scope: token       # token | team | tool
+        server: files      # glob, default *
+        tool: "*"          # glob, default *
+        window: minute     # minute | hour | day
+        max_calls: 10
+        note: bursts        # optional
+        enabled: true       # optional, default true
 """
 
 from __future__ import annotations
@@ -30,8 +38,9 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.template.defaultfilters import pluralize
 
-from approvals.models import Rule, Team, new_rules_version
+from approvals.models import RateLimit, Rule, Team, new_rules_version
 from approvals.services.audit import audit_record
+from approvals.services.limits import MAX_LIMITS_PER_TEAM, LimitInvalid, LimitValues, limit_validate
 from approvals.services.rules import RuleInvalid, RuleValues, rule_validate
 
 Format = Literal["yaml", "json"]
@@ -42,8 +51,9 @@ MAX_FILE_BYTES: Final = 2 * 1024 * 1024
 MAX_RULES: Final = 10_000
 MAX_PROBLEMS: Final = 50
 """Problems reported at most; the rest are counted."""
-TOP_KEYS: Final = ("version", "team", "mode", "rules")
+TOP_KEYS: Final = ("version", "team", "mode", "rules", "limits")
 RULE_KEYS: Final = ("effect", "server", "tool", "constraints", "note", "enabled", "expires_at")
+LIMIT_KEYS: Final = ("scope", "server", "tool", "window", "max_calls", "note", "enabled")
 MODES: Final = tuple(Team.Mode.values)
 
 Path = tuple[str | int, ...]
@@ -72,10 +82,12 @@ class PolicyFileError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class PolicyFile:
-    """A checked policy file: the team mode it sets (None: left as it is) and its rules, in order."""
+    """A checked policy file: the team mode it sets (None: left as it is), its rules, in order, and its rate
+    limits (None: the file has no ``limits`` section, and the team's limits are left as they are)."""
 
     mode: str | None
     rules: list[RuleValues]
+    limits: list[LimitValues] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,14 +99,26 @@ class ImportResult:
     kept: int
     mode_before: str
     mode_after: str
+    limits_added: int = 0
+    limits_removed: int = 0
+    limits_kept: int = 0
 
     @property
     def changed(self) -> bool:
-        return bool(self.added or self.removed or self.mode_before != self.mode_after)
+        return bool(
+            self.added
+            or self.removed
+            or self.mode_before != self.mode_after
+            or self.limits_added
+            or self.limits_removed
+        )
 
     def __str__(self) -> str:
         added = f"{self.added} rule{pluralize(self.added)} added"
         text = f"{added}, {self.removed} removed, {self.kept} unchanged"
+        if self.limits_added or self.limits_removed or self.limits_kept:
+            limits = f"{self.limits_added} rate limit{pluralize(self.limits_added)} added"
+            text += f"; {limits}, {self.limits_removed} removed, {self.limits_kept} unchanged"
         if self.mode_before != self.mode_after:
             text += f"; mode {self.mode_before} → {self.mode_after}"
         return text
@@ -123,13 +147,30 @@ def rule_document(rule: Rule) -> dict[str, Any]:
     return entry
 
 
+def limit_document(limit: RateLimit) -> dict[str, Any]:
+    """One rate limit as the file holds it (``note`` only when set)."""
+    entry: dict[str, Any] = {
+        "scope": str(limit.scope),
+        "server": limit.server,
+        "tool": limit.tool,
+        "window": str(limit.window),
+        "max_calls": limit.max_calls,
+    }
+    if limit.note:
+        entry["note"] = limit.note
+    entry["enabled"] = limit.enabled
+    return entry
+
+
 def export_document(team: Team) -> dict[str, Any]:
-    """The team's mode and rules, in evaluation order (the order they were created)."""
+    """The team's mode and rules, in evaluation order (the order they were created), and its rate limits
+    (always written, ``[]`` for none: imported, the file says the team has exactly these)."""
     return {
         "version": SCHEMA_VERSION,
         "team": team.slug,
         "mode": str(team.mode),
         "rules": [rule_document(rule) for rule in Rule.objects.filter(team=team).order_by("id")],
+        "limits": [limit_document(limit) for limit in RateLimit.objects.filter(team=team).order_by("id")],
     }
 
 
@@ -324,9 +365,58 @@ def _check(data: Any, problems: _Problems) -> PolicyFile | None:
         value = _check_rule(entry, ("rules", position), problems)
         if value is not None:
             checked.append(value)
+    limits = _check_limits(data, problems)
     if problems.items:
         return None
-    return PolicyFile(mode=mode, rules=checked)
+    return PolicyFile(mode=mode, rules=checked, limits=limits)
+
+
+def _check_limits(data: dict[str, Any], problems: _Problems) -> list[LimitValues] | None:
+    """The file's ``limits`` section, checked by the limits' own validation; None when it has none."""
+    if "limits" not in data:
+        return None
+    limits = data["limits"]
+    if not isinstance(limits, list):
+        problems.add(("limits",), "must be a list of rate limits (write limits: [] for none)")
+        return None
+    if len(limits) > MAX_LIMITS_PER_TEAM:
+        problems.add(("limits",), f"{len(limits)} rate limits: a team has at most {MAX_LIMITS_PER_TEAM}")
+        return None
+    checked: list[LimitValues] = []
+    for position, entry in enumerate(limits):
+        path: Path = ("limits", position)
+        if not isinstance(entry, dict):
+            problems.add(path, "a rate limit must be a mapping with scope, window and max_calls")
+            continue
+        ok = True
+        for key in entry:
+            if key not in LIMIT_KEYS:
+                problems.add((*path, key), f"unknown key (expected: {', '.join(LIMIT_KEYS)})")
+                ok = False
+        for key in ("scope", "window", "max_calls"):
+            if key not in entry:
+                problems.add(path, f"{key} is missing")
+                ok = False
+        note = entry.get("note", "")
+        try:
+            values = limit_validate(
+                scope=entry.get("scope"),
+                server=entry.get("server", "*"),
+                tool=entry.get("tool", "*"),
+                window=entry.get("window"),
+                max_calls=entry.get("max_calls"),
+                note="" if note is None else note,
+                enabled=entry.get("enabled", True),
+            )
+        except LimitInvalid as invalid:
+            for field, message in invalid.errors.items():
+                if field not in entry and field in ("scope", "window", "max_calls"):
+                    continue  # already reported as missing
+                problems.add((*path, field), message)
+            continue
+        if ok:
+            checked.append(values)
+    return checked
 
 
 def _check_rule(entry: Any, path: Path, problems: _Problems) -> RuleValues | None:
@@ -442,6 +532,51 @@ def _group(rules: list[Rule]) -> dict[str, list[Rule]]:
     return groups
 
 
+def _limit_key(values: dict[str, Any]) -> str:
+    """Identity of a rate limit's content, to keep the limits that the file leaves as they are."""
+    return json.dumps([values[name] for name in LIMIT_KEYS], sort_keys=True)
+
+
+def _limit_brief(limit: RateLimit) -> dict[str, Any]:
+    return {
+        "limit": limit.pk,
+        "scope": limit.scope,
+        "server": limit.server,
+        "tool": limit.tool,
+        "window": limit.window,
+        "max_calls": limit.max_calls,
+    }
+
+
+def _import_limits(
+    team: Team, limits: list[LimitValues], by: AbstractBaseUser | None
+) -> tuple[list[RateLimit], list[RateLimit], int]:
+    """Make the team's rate limits exactly these, inside ``import_policy``'s transaction: an equal limit
+    is kept (its counters go on), the others are deleted, the rest created. (created, removed, kept)"""
+    existing: dict[str, list[RateLimit]] = {}
+    for limit in RateLimit.objects.filter(team=team).order_by("id"):
+        existing.setdefault(_limit_key({n: getattr(limit, n) for n in LIMIT_KEYS}), []).append(limit)
+    to_add: list[LimitValues] = []
+    kept = 0
+    for values in limits:
+        same = existing.get(_limit_key(values.as_fields()))
+        if same:
+            same.pop(0)
+            kept += 1
+        else:
+            to_add.append(values)
+    removed = [limit for group in existing.values() for limit in group]
+    if removed:
+        RateLimit.objects.filter(pk__in=[limit.pk for limit in removed]).delete()
+    created = RateLimit.objects.bulk_create(
+        [
+            RateLimit(team=team, created_by_id=by.pk if by is not None else None, **values.as_fields())
+            for values in to_add
+        ]
+    )
+    return created, removed, kept
+
+
 def import_policy(
     *,
     team: Team,
@@ -449,7 +584,8 @@ def import_policy(
     by: AbstractBaseUser | None,
     source: str = "",
 ) -> ImportResult:
-    """Make the team's rules exactly the file's (and its mode, if the file sets one), all or nothing.
+    """Make the team's rules exactly the file's (and its mode, if the file sets one, and its rate limits,
+    if it has a ``limits`` section), all or nothing.
 
     A rule equal in every field to one in the file is kept as it is, with its id, creator and the calls it
     decided; the others are deleted, and the file's remaining rules are created in file order (after the
@@ -477,15 +613,28 @@ def import_policy(
                 for values in to_add
             ]
         )
+        limits_created: list[RateLimit] = []
+        limits_removed: list[RateLimit] = []
+        limits_kept = 0
+        if policy_file.limits is not None:
+            limits_created, limits_removed, limits_kept = _import_limits(locked, policy_file.limits, by)
         mode_before = locked.mode
         mode_after = policy_file.mode or mode_before
         fields = ["rules_version"]
-        locked.rules_version = new_rules_version()  # bulk_create sends no post_save
+        # bulk_create sends no post_save; the same stamp makes every process rebuild its compiled limits.
+        locked.rules_version = new_rules_version()
         if mode_after != mode_before:
             locked.mode = mode_after
             fields.append("mode")
         locked.save(update_fields=fields)
         team.mode, team.rules_version = locked.mode, locked.rules_version
+        limits_record: dict[str, Any] = {}
+        if policy_file.limits is not None:
+            limits_record = {
+                "limits_added": [_limit_brief(limit) for limit in limits_created],
+                "limits_removed": [_limit_brief(limit) for limit in limits_removed],
+                "limits_kept": limits_kept,
+            }
         audit_record(
             kind="rules.imported",
             team=locked,
@@ -496,9 +645,17 @@ def import_policy(
             kept=kept,
             mode_before=mode_before,
             mode_after=mode_after,
+            **limits_record,
         )
     return ImportResult(
-        added=len(created), removed=len(removed), kept=kept, mode_before=mode_before, mode_after=mode_after
+        added=len(created),
+        removed=len(removed),
+        kept=kept,
+        mode_before=mode_before,
+        mode_after=mode_after,
+        limits_added=len(limits_created),
+        limits_removed=len(limits_removed),
+        limits_kept=limits_kept,
     )
 
 

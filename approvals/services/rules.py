@@ -68,7 +68,8 @@ class RuleValues:
         }
 
 
-def _name_error(value: Any, what: str) -> str | None:
+def name_error(value: Any, what: str) -> str | None:
+    """What is wrong with a server or tool name (a name or a glob), or None. Rules and limits share it."""
     if not isinstance(value, str) or not value.strip():
         return f"give a {what} name or a glob such as *"
     if len(value) > MAX_NAME_CHARS:
@@ -97,7 +98,7 @@ def rule_validate(
     if effect not in EFFECTS:
         errors["effect"] = "must be allow or deny"
     for name, value in (("server", server), ("tool", tool)):
-        problem = _name_error(value, name)
+        problem = name_error(value, name)
         if problem:
             errors[name] = problem
     parsed: tuple[policy.Constraint, ...] = ()
