@@ -13,6 +13,7 @@
   const cards = new Map(); // call id -> {element, call}
   let socket = null;
   let retryDelay = 500;
+  let synced = false; // the first snapshot is what was already there: only later arrivals are announced
 
   function setStatus(text, state) {
     statusLine.textContent = text;
@@ -43,10 +44,16 @@
     }
   }
 
+  // Tell notify.js (desktop notification, sound) of a call that arrived while the page was open.
+  function announce(call) {
+    root.dispatchEvent(new CustomEvent("signoff:held", { detail: { call, count: cards.size } }));
+  }
+
   function addCard(call) {
-    if (cards.has(call.id)) return;
+    if (cards.has(call.id)) return false;
     const element = template.content.firstElementChild.cloneNode(true);
     element.dataset.callId = call.id;
+    element.id = `call-${call.id}`; // notification links end in #call-<id>
     element.querySelector(".call-server").textContent = call.server;
     element.querySelector(".call-tool").textContent = call.tool;
     element.querySelector(".call-requester").textContent = call.requester;
@@ -79,6 +86,7 @@
     list.appendChild(element);
     refreshCounts();
     tick();
+    return true;
   }
 
   function renderRisks(element, call) {
@@ -184,10 +192,15 @@
     if (message.type === "snapshot") {
       const ids = new Set(message.calls.map((c) => c.id));
       for (const id of Array.from(cards.keys())) if (!ids.has(id)) removeCard(id);
-      message.calls.forEach(addCard);
+      message.calls.forEach((call) => {
+        if (addCard(call) && synced) announce(call); // held while the socket was down
+      });
+      if (!synced) root.dispatchEvent(new CustomEvent("signoff:synced"));
+      synced = true;
     } else if (message.type === "call") {
-      if (message.call.state === "pending") addCard(message.call);
-      else removeCard(message.call.id);
+      if (message.call.state === "pending") {
+        if (addCard(message.call)) announce(message.call);
+      } else removeCard(message.call.id);
     } else if (message.type === "tool_accepted") {
       const entry = cards.get(message.call_id);
       const item = entry && entry.element.querySelector(".risk[data-kind=tool_changed]");
