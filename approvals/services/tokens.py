@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from approvals import realtime
 from approvals.models import BridgeToken, Team
+from approvals.services.alerts import alerts_address_seen, seen_addresses_after
 from approvals.services.audit import audit_record
 
 TOKEN_MARK = "sgo_"
@@ -151,8 +152,29 @@ def token_authenticate(raw: str) -> BridgeToken | None:
 
 
 def token_touch(*, token: BridgeToken, address: str | None) -> None:
-    """Record that the token was just used, and from where."""
-    BridgeToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now(), last_used_ip=address)
+    """Record that the token was just used, and from where; an address it was not used from before alerts
+    the team's admins (not its very first one). It remembers its latest few (``seen_addresses``)."""
+    now = timezone.now()
+    if not address:
+        BridgeToken.objects.filter(pk=token.pk).update(last_used_at=now, last_used_ip=address)
+        return
+    with transaction.atomic():
+        # Locked: two bridges connecting at once must not forget each other's address.
+        row = (
+            BridgeToken.objects.select_for_update()
+            .filter(pk=token.pk)
+            .values("seen_addresses", "last_used_ip")
+        )
+        current = row.first()
+        if current is None:
+            return
+        seen = list(current["seen_addresses"] or [])
+        if not seen and current["last_used_ip"]:  # used before addresses were remembered
+            seen = [current["last_used_ip"]]
+        BridgeToken.objects.filter(pk=token.pk).update(
+            last_used_at=now, last_used_ip=address, seen_addresses=seen_addresses_after(seen, address)
+        )
+        alerts_address_seen(token=token, address=address, seen=seen)
 
 
 def token_revoke(*, token: BridgeToken, by: User | None, reason: str = "token revoked") -> bool:

@@ -9,6 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from approvals.models import Team, ToolPin
+from approvals.services.alerts import alert_acknowledge_tool_accepted, alerts_tool_changed
 from approvals.services.audit import audit_record
 from mcpbridge import protocol
 
@@ -56,6 +57,9 @@ def tools_seen(*, team: Team, server: str, tools: list[protocol.ToolInfo]) -> li
                 if known_server:
                     changed.append(tool.name)
                     audit_record(kind="tool.added", team=team, server=server, tool=tool.name, hash=tool.hash)
+                    alerts_tool_changed(
+                        team=team, server=server, tool=tool.name, tool_hash=tool.hash, added=True
+                    )
                 continue
             if pin.current_hash != tool.hash:
                 pin.current_hash = tool.hash
@@ -66,6 +70,9 @@ def tools_seen(*, team: Team, server: str, tools: list[protocol.ToolInfo]) -> li
                     audit_record(
                         kind="tool.changed", team=team, server=server, tool=tool.name, hash=tool.hash
                     )
+                    alerts_tool_changed(
+                        team=team, server=server, tool=tool.name, tool_hash=tool.hash, added=False
+                    )
             if pin.changed:
                 changed.append(tool.name)
         ToolPin.objects.bulk_create(new, ignore_conflicts=True)
@@ -73,8 +80,9 @@ def tools_seen(*, team: Team, server: str, tools: list[protocol.ToolInfo]) -> li
 
 
 def tool_pin_accept(*, team: Team, server: str, tool: str, tool_hash: str, by: User) -> bool:
-    """An admin accepts the tool's current definition (the one with ``tool_hash``). False if it is
-    not the current one any more (it changed again meanwhile) or was already approved."""
+    """An admin accepts the tool's current definition (the one with ``tool_hash``), which also
+    acknowledges the tool's open ``tool_changed`` alert. False if it is not the current one any more (it
+    changed again meanwhile) or was already approved."""
     with transaction.atomic():
         pin = ToolPin.objects.select_for_update().filter(team=team, server=server, tool=tool).first()
         if pin is None or pin.current_hash != tool_hash or pin.approved_hash == tool_hash:
@@ -90,4 +98,5 @@ def tool_pin_accept(*, team: Team, server: str, tool: str, tool_hash: str, by: U
         audit_record(
             kind="tool.accepted", team=team, actor_id=by.pk, server=server, tool=tool, hash=tool_hash
         )
+        alert_acknowledge_tool_accepted(team=team, server=server, tool=tool, by=by)
     return True
