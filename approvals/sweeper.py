@@ -1,16 +1,21 @@
 """The deadline sweeper for the embedded default, where no Celery beat runs: a daemon thread per process.
 
-It expires held calls past their deadline and revokes tokens past their expiry (closing their bridges).
+It expires held calls past their deadline and revokes tokens past their expiry (closing their bridges),
+and every ``SIGNOFF_RETENTION_INTERVAL_SECONDS`` (first at start-up) clears payloads past their team's
+retention (``approvals.services.retention``), as Celery beat's hourly task does with Redis.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
+from django.conf import settings
 from django.db import close_old_connections
 
 from approvals.services.calls import calls_expire_due
+from approvals.services.retention import payloads_purge_due
 from approvals.services.tokens import tokens_expire_due
 
 log = logging.getLogger(__name__)
@@ -25,6 +30,8 @@ def start_inprocess_sweeper(interval: float) -> None:
 
     def loop() -> None:
         stop = threading.Event()
+        retention_every = float(settings.SIGNOFF_RETENTION_INTERVAL_SECONDS)
+        last_retention: float | None = None
         while not stop.wait(interval):
             try:
                 calls_expire_due()
@@ -33,5 +40,15 @@ def start_inprocess_sweeper(interval: float) -> None:
                 log.exception("sweeping expired calls failed")
             finally:
                 close_old_connections()
+            if retention_every > 0 and (
+                last_retention is None or time.monotonic() - last_retention >= retention_every
+            ):
+                last_retention = time.monotonic()  # a failing run waits for the next interval too
+                try:
+                    payloads_purge_due()
+                except Exception:
+                    log.exception("clearing payloads past their retention failed")
+                finally:
+                    close_old_connections()
 
     threading.Thread(target=loop, name="signoff-sweeper", daemon=True).start()
