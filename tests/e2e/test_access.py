@@ -142,7 +142,6 @@ async def test_malformed_reviewer_frames_get_errors_and_the_socket_stays_usable(
             "not json",
             "[]",
             json.dumps({"type": "explode"}),
-            "x" * 20000,
             json.dumps({"type": "decide", "call_id": "x", "decision": "maybe"}),
         ]:
             await reviewer.connection.send(frame)
@@ -150,3 +149,17 @@ async def test_malformed_reviewer_frames_get_errors_and_the_socket_stays_usable(
             assert answer["message"]
         answer = await reviewer.decide(str(uuid.uuid4()), "deny")
         assert answer["type"] == "error"
+
+
+async def test_an_oversized_reviewer_frame_is_answered_then_the_socket_closes(
+    signoff: SignoffServer, team: TeamSetup
+) -> None:
+    """A page never sends 16 KiB: such a frame is not a reviewer's, so the socket says why and closes."""
+    async with reviewer_socket(signoff, team.reviewer, team.team.slug) as reviewer:
+        await reviewer.next(lambda m: m["type"] == "snapshot")
+        await reviewer.connection.send("x" * 20000)
+        answer = await reviewer.next(lambda m: m["type"] == "error")
+        assert "frame too large" in answer["message"]
+        with pytest.raises(websockets.exceptions.ConnectionClosed):
+            await reviewer.connection.recv()
+        assert reviewer.connection.close_code == 4413

@@ -14,6 +14,11 @@ async def test_reviewer_allows_a_call_in_the_browser_and_the_model_gets_the_resu
     signoff: SignoffServer, team: TeamSetup, browser, tmp_path
 ) -> None:
     page = await browser_login(browser, signoff, team.reviewer)
+    # The Content-Security-Policy (docs/security.md) blocks nothing the pages need: Chromium reports every
+    # violation on the console ("Refused to … because it violates the following Content Security Policy").
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
+    await page.reload()
     await page.wait_for_selector("#socket-status[data-state=live]")
     assert await page.text_content("#queue-empty") is not None
     async with (
@@ -52,6 +57,7 @@ async def test_reviewer_allows_a_call_in_the_browser_and_the_model_gets_the_resu
     assert "Completed" in await row.text_content()
     assert await page.evaluate("window.__pwned") is None
     await page.screenshot(path=str(ARTIFACTS / "history.png"), full_page=True)
+    assert not [text for text in console if "Content Security Policy" in text], console
 
 
 async def test_a_decision_removes_the_call_from_every_other_reviewers_page_at_once(
