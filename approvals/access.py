@@ -227,6 +227,36 @@ def require_rule_create(user: AnyUser, team: Team) -> None:
         _refuse(membership, _rule_creator_roles(team), "Only the team's admins may create rules.")
 
 
+# --- rate limits: read like the rules, managed by admins ----------------------------------------------
+def can_read_limits(user: AnyUser, team: Team) -> bool:
+    """May see the team's rate limits and their counts (read-only): whoever may read its rules."""
+    return can_read_rules(user, team)
+
+
+def require_limits_read(user: AnyUser, team: Team) -> Membership:
+    """The user's membership, or PermissionDenied unless they may see the team's rate limits."""
+    membership = membership_for(user, team)
+    if membership is None or acting_role(membership) not in RULE_READ_ROLES:
+        _refuse(
+            membership,
+            RULE_READ_ROLES,
+            "Only the team's admins, reviewers and auditors may see its rate limits.",
+        )
+    return membership
+
+
+def can_manage_limits(user: AnyUser, team: Team) -> bool:
+    """May create, change, switch and delete the team's rate limits: its admins."""
+    return is_admin(user, team)
+
+
+def require_limits_manage(user: AnyUser, team: Team) -> None:
+    """Raise PermissionDenied unless the user may change the team's rate limits (admins)."""
+    membership = membership_for(user, team)
+    if acting_role(membership) != Membership.Role.ADMIN:
+        _refuse(membership, ADMIN_ROLES, "Only the team's admins may change its rate limits.")
+
+
 TOKEN_ROLES = frozenset({Membership.Role.ADMIN, Membership.Role.REVIEWER, Membership.Role.MEMBER})
 
 
@@ -281,3 +311,36 @@ def require_audit(user: AnyUser, team: Team) -> Membership:
     if membership is None or acting_role(membership) not in AUDIT_ROLES:
         _refuse(membership, AUDIT_ROLES, "Only the team's admins and auditors may see its audit log.")
     return membership
+
+
+# --- alerts --------------------------------------------------------------------------------------------
+ALERT_READ_ROLES = AUDIT_ROLES
+"""Roles that see the team's Alerts page: its admins, who acknowledge them, and its auditors, who read.
+
+Alerts name tokens, their owners and the addresses they connect from: part of the team's record, like the
+Audit page, rather than something a reviewer needs to decide calls (a changed tool is on its held calls)."""
+
+
+def can_read_alerts(user: AnyUser, team: Team) -> bool:
+    """May see the team's alerts (read-only unless also ``can_acknowledge_alerts``)."""
+    return acting_role(membership_for(user, team)) in ALERT_READ_ROLES
+
+
+def require_alerts_read(user: AnyUser, team: Team) -> Membership:
+    """The user's membership, or PermissionDenied unless they may see the team's alerts."""
+    membership = membership_for(user, team)
+    if membership is None or acting_role(membership) not in ALERT_READ_ROLES:
+        _refuse(membership, ALERT_READ_ROLES, "Only the team's admins and auditors may see its alerts.")
+    return membership
+
+
+def can_acknowledge_alerts(user: AnyUser, team: Team) -> bool:
+    """May acknowledge the team's alerts: its admins."""
+    return is_admin(user, team)
+
+
+def require_alerts_acknowledge(user: AnyUser, team: Team) -> None:
+    """Raise PermissionDenied unless the user may acknowledge the team's alerts (admins)."""
+    membership = membership_for(user, team)
+    if acting_role(membership) != Membership.Role.ADMIN:
+        _refuse(membership, ADMIN_ROLES, "Only the team's admins may acknowledge its alerts.")

@@ -15,7 +15,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import PermissionDenied
 
-from approvals import access, realtime, scopes, selectors
+from approvals import access, metrics, realtime, scopes, security, selectors
+from approvals.logging import log_bind, new_request_id
 from approvals.models import BridgeToken, Team
 from approvals.services import calls as call_services
 from approvals.services.tokens import server_in_scope, token_scope_refused, token_touch
@@ -23,8 +24,6 @@ from approvals.services.tools import tools_seen
 from mcpbridge import protocol
 
 log = logging.getLogger(__name__)
-
-MAX_REVIEW_FRAME_BYTES = 16 * 1024
 
 
 class BridgeConsumer(AsyncWebsocketConsumer):
@@ -36,6 +35,7 @@ class BridgeConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         self.token = self.scope.get("bridge_token")
+        self.gate = security.FrameGate(security.bridge_limits(), close_oversized=False)
         self.upstream = None
         self.tools = {}
         # Accept first, so the bridge sees why it is refused instead of a bare HTTP 403.
@@ -51,21 +51,39 @@ class BridgeConsumer(AsyncWebsocketConsumer):
             await self.close(code=protocol.CLOSE_UNAUTHORIZED, reason="token unknown, expired or revoked")
             return
         await self.channel_layer.group_add(realtime.bridge_group(self.token.pk), self.channel_name)
+        # This connection's log lines name the team and the token's owner (approvals/logging.py).
+        log_bind(team=self.token.team.slug, user=self.token.user.get_username())
+        metrics.socket_opened("bridge")
+        self.counted = True
         client = self.scope.get("client") or (None, None)
         await database_sync_to_async(token_touch)(token=self.token, address=client[0])
 
     async def disconnect(self, code: int) -> None:
+        if getattr(self, "counted", False):  # first: a failing group_discard must not leave it counted
+            self.counted = False
+            metrics.socket_closed("bridge")
         if self.token is not None:
             await self.channel_layer.group_discard(realtime.bridge_group(self.token.pk), self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.token is None:
+        if self.token is None or self.gate.closed:
+            return
+        log_bind(request_id=new_request_id(), call_id=None)  # each message is a request of its own
+        frame = text_data if text_data is not None else bytes_data or b""
+        refusal = self.gate.check(frame)
+        if refusal is not None:
+            # With the ref, the bridge fails that one request (a call is denied) now; nothing was stored.
+            ref = security.ref_of_refused(frame)
+            await self._send(protocol.Error(code=refusal.code, message=refusal.message, ref=ref))
+            if refusal.close:
+                await self.close(code=security.CLOSE_TOO_MANY_MESSAGES, reason="too many messages")
             return
         try:
-            message = protocol.parse_bridge_message(text_data if text_data is not None else bytes_data or b"")
+            message = protocol.parse_bridge_message(frame)
         except protocol.ProtocolError as exc:
             await self._send(protocol.Error(code=exc.code, message=exc.message, ref=exc.ref))
             return
+        log_bind(call_id=getattr(message, "call_id", None))
         if self.upstream is None and not isinstance(message, protocol.Hello):
             await self._send(
                 protocol.Error(
@@ -110,6 +128,7 @@ class BridgeConsumer(AsyncWebsocketConsumer):
                 annotations=tool.annotations if tool else None,
                 timeout=message.timeout,
             )
+            log_bind(call_id=submitted.call.pk)
             await self._send(realtime.decision_for(submitted.call, run=submitted.run, ref=message.ref))
         elif isinstance(message, protocol.Claim):
             call, run = await database_sync_to_async(call_services.call_claim)(
@@ -204,6 +223,7 @@ class ReviewConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         user = self.scope.get("user")
+        self.gate = security.FrameGate(security.reviewer_limits(), close_oversized=True)
         slug = parse_qs(self.scope.get("query_string", b"").decode()).get("team", [""])[0]
         self.team = await database_sync_to_async(self._team_if_reviewer)(user, slug)
         await self.accept()
@@ -213,6 +233,9 @@ class ReviewConsumer(AsyncWebsocketConsumer):
             return
         await self.channel_layer.group_add(realtime.review_group(self.team.pk), self.channel_name)
         await self.channel_layer.group_add(realtime.user_group(user.pk), self.channel_name)
+        log_bind(team=self.team.slug, user=user.get_username())
+        metrics.socket_opened("reviewer")
+        self.counted = True
         snapshot = await database_sync_to_async(self._snapshot)()
         await self.send_json({"type": "snapshot", "calls": snapshot})
 
@@ -228,6 +251,9 @@ class ReviewConsumer(AsyncWebsocketConsumer):
         return [realtime.call_payload(call) for call in selectors.pending_calls_for(team=self.team)]
 
     async def disconnect(self, code: int) -> None:
+        if getattr(self, "counted", False):  # first: a failing group_discard must not leave it counted
+            self.counted = False
+            metrics.socket_closed("reviewer")
         if self.team is not None:
             await self.channel_layer.group_discard(realtime.review_group(self.team.pk), self.channel_name)
             await self.channel_layer.group_discard(
@@ -235,12 +261,19 @@ class ReviewConsumer(AsyncWebsocketConsumer):
             )
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.team is None:
+        if self.team is None or self.gate.closed:
+            return
+        log_bind(request_id=new_request_id(), call_id=None)  # each message is a request of its own
+        refusal = self.gate.check(text_data if text_data is not None else bytes_data or b"")
+        if refusal is not None:
+            await self.send_json({"type": "error", "code": refusal.code, "message": refusal.message})
+            if refusal.close:
+                too_large = refusal.code == "frame_too_large"
+                await self.close(
+                    code=security.CLOSE_FRAME_TOO_LARGE if too_large else security.CLOSE_TOO_MANY_MESSAGES
+                )
             return
         raw = text_data if text_data is not None else (bytes_data or b"").decode(errors="replace")
-        if len(raw) > MAX_REVIEW_FRAME_BYTES:
-            await self.send_json({"type": "error", "message": "message too large"})
-            return
         try:
             message = json.loads(raw)
         except ValueError:
@@ -253,6 +286,7 @@ class ReviewConsumer(AsyncWebsocketConsumer):
             await self.send_json({"type": "error", "message": "unknown message type"})
             return
         call_id = str(message.get("call_id", ""))
+        log_bind(call_id=call_id)
         decision = message.get("decision")
         if decision not in {"allow", "deny", "always_allow"}:
             await self.send_json(

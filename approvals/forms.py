@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 
 from approvals.models import Membership, Team
@@ -53,20 +55,67 @@ class MemberRoleForm(forms.Form):
 class TeamSettingsForm(forms.ModelForm):
     class Meta:
         model = Team
-        fields = ["name", "mode", "default_deadline_seconds", "rules_admins_only", "four_eyes", "require_mfa"]
+        fields = [
+            "name",
+            "mode",
+            "default_deadline_seconds",
+            "rules_admins_only",
+            "four_eyes",
+            "require_mfa",
+            "alert_calls_per_token_hour",
+            "alert_denials_per_10_minutes",
+            "payload_retention_days",
+        ]
         labels = {
             "default_deadline_seconds": "Deadline for held calls (seconds)",
             "rules_admins_only": "Only admins create rules (Always-Allow included)",
             "four_eyes": "Four eyes: nobody approves a call made with their own token",
             "require_mfa": "Reviewers and admins must use two-factor authentication",
+            "alert_calls_per_token_hour": "Alert when one token makes more calls in an hour than",
+            "alert_denials_per_10_minutes": "Alert when more calls are denied within 10 minutes than",
+            "payload_retention_days": "Clear call arguments and results after (days)",
         }
         widgets = {"mode": forms.RadioSelect}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Left out of a post (an older page, a script), a threshold keeps its value: None to the service.
+        for name in ALERT_THRESHOLDS:
+            field = self.fields[name]
+            field.required = False
+            field.widget.attrs.update(min=0, max=MAX_ALERT_THRESHOLD)
+        # Likewise the retention: left out of a post, it keeps its value.
+        self.fields["payload_retention_days"].required = False
+        self.fields["payload_retention_days"].widget.attrs.update(min=0, max=MAX_RETENTION_DAYS)
 
     def clean_default_deadline_seconds(self) -> int:
         seconds = int(self.cleaned_data["default_deadline_seconds"])
         if not 10 <= seconds <= 86400:
             raise forms.ValidationError("Between 10 seconds and a day (86400).")
         return seconds
+
+    def clean_payload_retention_days(self) -> int | None:
+        days = self.cleaned_data.get("payload_retention_days")
+        if days is not None and not 0 <= days <= MAX_RETENTION_DAYS:
+            raise forms.ValidationError(f"Between 0 (keep) and {MAX_RETENTION_DAYS:,} days.")
+        return days
+
+    def clean_alert_calls_per_token_hour(self) -> int | None:
+        return _threshold(self.cleaned_data.get("alert_calls_per_token_hour"))
+
+    def clean_alert_denials_per_10_minutes(self) -> int | None:
+        return _threshold(self.cleaned_data.get("alert_denials_per_10_minutes"))
+
+
+ALERT_THRESHOLDS = ("alert_calls_per_token_hour", "alert_denials_per_10_minutes")
+MAX_ALERT_THRESHOLD = 1_000_000
+MAX_RETENTION_DAYS = 36_500
+
+
+def _threshold(value: int | None) -> int | None:
+    if value is not None and not 0 <= value <= MAX_ALERT_THRESHOLD:
+        raise forms.ValidationError(f"Between 0 (off) and {MAX_ALERT_THRESHOLD:,}.")
+    return value
 
 
 INVITATION_VALIDITY_CHOICES = [

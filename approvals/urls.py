@@ -1,6 +1,14 @@
 from django.urls import path
 
-from approvals import audit_views, invitation_views, rules_views, views
+from approvals import (
+    alert_views,
+    audit_views,
+    invitation_views,
+    limits_views,
+    notification_views,
+    rules_views,
+    views,
+)
 
 app_name = "approvals"
 
@@ -11,6 +19,9 @@ urlpatterns = [
     path("calls/<str:call_id>/", audit_views.call_detail, name="call_detail"),
     path("audit/", audit_views.audit, name="audit"),
     path("audit/export/", audit_views.audit_export, name="audit_export"),
+    path("alerts/", alert_views.alerts, name="alerts"),
+    path("alerts/<int:alert_id>/acknowledge/", alert_views.alert_acknowledge_view, name="alert_acknowledge"),
+    path("alerts/acknowledge-all/", alert_views.alerts_acknowledge_all_view, name="alerts_acknowledge_all"),
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:token_id>/revoke/", views.token_revoke_view, name="token_revoke"),
     path("members/", views.members, name="members"),
@@ -33,4 +44,28 @@ urlpatterns = [
     path("rules/<int:rule_id>/edit/", rules_views.rule_edit, name="rule_edit"),
     path("rules/<int:rule_id>/enabled/", rules_views.rule_enabled, name="rule_enabled"),
     path("rules/<int:rule_id>/delete/", rules_views.rule_delete_view, name="rule_delete"),
+    path("limits/", limits_views.limits_list, name="limits"),
+    path("limits/new/", limits_views.limit_new, name="limit_new"),
+    path("limits/<int:limit_id>/edit/", limits_views.limit_edit, name="limit_edit"),
+    path("limits/<int:limit_id>/enabled/", limits_views.limit_enabled, name="limit_enabled"),
+    path("limits/<int:limit_id>/delete/", limits_views.limit_delete_view, name="limit_delete"),
+    path("notifications/", notification_views.notifications, name="notifications"),
+    path(
+        "notifications/<int:channel_id>/test/", notification_views.notification_test, name="notification_test"
+    ),
+    path(
+        "notifications/<int:channel_id>/rotate/",
+        notification_views.notification_rotate,
+        name="notification_rotate",
+    ),
+    path(
+        "notifications/<int:channel_id>/enabled/",
+        notification_views.notification_enabled,
+        name="notification_enabled",
+    ),
+    path(
+        "notifications/<int:channel_id>/delete/",
+        notification_views.notification_delete,
+        name="notification_delete",
+    ),
 ]

@@ -265,6 +265,9 @@ def team_settings(request: HttpRequest) -> HttpResponse:
                 rules_admins_only=form.cleaned_data["rules_admins_only"],
                 four_eyes=form.cleaned_data["four_eyes"],
                 require_mfa=form.cleaned_data["require_mfa"],
+                alert_calls_per_token_hour=form.cleaned_data.get("alert_calls_per_token_hour"),
+                alert_denials_per_10_minutes=form.cleaned_data.get("alert_denials_per_10_minutes"),
+                payload_retention_days=form.cleaned_data.get("payload_retention_days"),
             )
         except MfaLockout as exc:
             form.add_error("require_mfa", str(exc))

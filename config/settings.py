@@ -27,6 +27,8 @@ STATE_DIR = Path(env_str("SIGNOFF_STATE_DIR", str(BASE_DIR / ".signoff")))
 
 DEBUG = env_bool("SIGNOFF_DEBUG", False)
 SECRET_KEY = env_secret("SECRET_KEY") or local_secret_key(STATE_DIR)
+# Earlier keys, comma separated, still accepted for what they signed while a new key rolls out.
+SECRET_KEY_FALLBACKS = [key.strip() for key in env_secret("SECRET_KEY_FALLBACKS").split(",") if key.strip()]
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 # The public address of this server, used in printed bridge configs and links.
@@ -53,7 +55,11 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every later middleware's log lines already carry the request id (approvals/logging.py).
+    "approvals.logging.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy on every response (Django 5.2 has none built in; docs/security.md).
+    "approvals.security.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -144,6 +150,8 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE = {
     "expire-due-calls": {"task": "approvals.tasks.expire_due_calls", "schedule": 2.0},
+    # Payload retention (approvals/services/retention.py); the embedded default's sweeper runs it instead.
+    "purge-payloads": {"task": "approvals.tasks.purge_payloads", "schedule": 3600.0},
 }
 
 # --- Signoff behaviour ----------------------------------------------------------------------------
@@ -151,6 +159,20 @@ CELERY_BEAT_SCHEDULE = {
 # in the embedded setup (no Celery worker there); with Redis, Celery beat sweeps and this is off.
 SIGNOFF_INPROCESS_SWEEP_SECONDS = env_float("SIGNOFF_INPROCESS_SWEEP_SECONDS", 0.0 if REDIS_URL else 1.0)
 SIGNOFF_DEFAULT_DEADLINE_SECONDS = env_int("SIGNOFF_DEFAULT_DEADLINE_SECONDS", 600)
+# Seconds between payload-retention runs of the in-process sweeper (embedded default; Celery beat runs it
+# hourly with Redis). The first run is at start-up.
+SIGNOFF_RETENTION_INTERVAL_SECONDS = env_float("SIGNOFF_RETENTION_INTERVAL_SECONDS", 3600.0)
+
+# --- Operators: /metrics, /healthz, /readyz (docs/operations.md) --------------------------------------
+# Bearer token a Prometheus scraper sends to /metrics. Unset: /metrics answers loopback addresses only.
+SIGNOFF_METRICS_TOKEN = env_secret("SIGNOFF_METRICS_TOKEN")
+# signoff_calls_recent counts the calls that arrived in this many hours.
+SIGNOFF_METRICS_WINDOW_HOURS = env_int("SIGNOFF_METRICS_WINDOW_HOURS", 24)
+# The database aggregates behind /metrics are shared (Django cache) this long by every process's scrape.
+SIGNOFF_METRICS_CACHE_SECONDS = env_float("SIGNOFF_METRICS_CACHE_SECONDS", 10.0)
+# Notification webhooks may post to loopback, private and link-local addresses (SSRF defence when off: an
+# admin's webhook URL must not reach the server's own network, e.g. a cloud metadata service). Default off.
+SIGNOFF_WEBHOOK_ALLOW_PRIVATE = env_bool("SIGNOFF_WEBHOOK_ALLOW_PRIVATE", False)
 
 # --- Accounts (django-allauth) --------------------------------------------------------------------
 AUTHENTICATION_BACKENDS = [
@@ -218,37 +240,85 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
-# --- Security -------------------------------------------------------------------------------------
-SECURE_PROXY_SSL_HEADER = (
-    ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("SIGNOFF_BEHIND_TLS_PROXY") else None
-)
-SESSION_COOKIE_SECURE = env_bool("SIGNOFF_SECURE_COOKIES", False)
+# --- Security (docs/security.md) -------------------------------------------------------------------
+# Served over HTTPS when the public address says so: then HSTS and secure cookies are on by default.
+SIGNOFF_HTTPS = SIGNOFF_PUBLIC_URL.startswith("https://")
+# Trust X-Forwarded-Proto: https only from a TLS-terminating proxy that sets it (a client could forge it).
+SIGNOFF_TRUST_PROXY_TLS_HEADER = env_bool("SIGNOFF_TRUST_PROXY_TLS_HEADER", False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if SIGNOFF_TRUST_PROXY_TLS_HEADER else None
+# Redirect http:// to https://. On by default only when Django can tell https requests apart (the proxy's
+# header is trusted): otherwise every request would look like http and redirect forever.
+SECURE_SSL_REDIRECT = env_bool("SIGNOFF_SSL_REDIRECT", SIGNOFF_HTTPS and SIGNOFF_TRUST_PROXY_TLS_HEADER)
+# Probes and scrapers speak plain HTTP inside the network (docs/operations.md).
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("SIGNOFF_HSTS_SECONDS", 365 * 24 * 3600 if SIGNOFF_HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SIGNOFF_HSTS_INCLUDE_SUBDOMAINS", True)
+# Joining the browsers' preload list is a manual, slow-to-undo decision for the whole domain: off unless
+# asked for, and its deploy-check reminder (security.W021) is silenced then.
+SECURE_HSTS_PRELOAD = env_bool("SIGNOFF_HSTS_PRELOAD", False)
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+SESSION_COOKIE_SECURE = env_bool("SIGNOFF_SECURE_COOKIES", SIGNOFF_HTTPS)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+
+# Websocket limits per connection (approvals/security.py). Frames over the size are refused: the bridge's
+# with frame_too_large (its call is denied, the socket stays open), a reviewer's by closing the socket.
+# Daphne itself closes any socket sending a message over 1 MiB (--websocket-max-message-size), so a bridge
+# limit above 1 MiB has no effect without raising Daphne's too (and the protocol's MAX_FRAME_BYTES).
+SIGNOFF_WS_BRIDGE_MAX_FRAME_BYTES = env_int("SIGNOFF_WS_BRIDGE_MAX_FRAME_BYTES", 1024 * 1024)
+SIGNOFF_WS_REVIEW_MAX_FRAME_BYTES = env_int("SIGNOFF_WS_REVIEW_MAX_FRAME_BYTES", 16 * 1024)
+# Messages a second and burst (token bucket); over it: rate_limited; a burst's worth refused in a row: closed.
+SIGNOFF_WS_BRIDGE_RATE = env_float("SIGNOFF_WS_BRIDGE_RATE", 50.0)
+SIGNOFF_WS_BRIDGE_BURST = env_int("SIGNOFF_WS_BRIDGE_BURST", 100)
+SIGNOFF_WS_REVIEW_RATE = env_float("SIGNOFF_WS_REVIEW_RATE", 10.0)
+SIGNOFF_WS_REVIEW_BURST = env_int("SIGNOFF_WS_REVIEW_BURST", 20)
 
 # --- Static files, i18n ---------------------------------------------------------------------------
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(env_str("SIGNOFF_STATIC_ROOT", str(STATE_DIR / "static")))
-WHITENOISE_USE_FINDERS = True
+# Production (the Dockerfile sets it): WhiteNoise serves what collectstatic wrote, under content-hashed names
+# with a year-long cache and gzip variants made ahead. It needs `collectstatic` after every change to static/,
+# hence off by default: `make run` and the tests serve static/ as it is.
+SIGNOFF_STATIC_MANIFEST = env_bool("SIGNOFF_STATIC_MANIFEST", False)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if SIGNOFF_STATIC_MANIFEST
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = not SIGNOFF_STATIC_MANIFEST
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
 # --- Logging: stderr, one line per event ------------------------------------------------------------
+# text (default): a line for people; json: one JSON object per line for a log collector (docker compose).
+SIGNOFF_LOG_FORMAT = env_str("SIGNOFF_LOG_FORMAT", "text").lower()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    # Tokens, keys and passwords that reach a log line (a URL, an exception) are masked on the way out.
-    "filters": {"mask_secrets": {"()": "approvals.masking.SecretMaskingFilter"}},
+    "formatters": {"signoff": {"()": "approvals.logging.log_formatter", "kind": SIGNOFF_LOG_FORMAT}},
+    # Tokens, keys and passwords that reach a log line (a URL, an exception) are masked on the way out; then
+    # the request id, call, team and user the line is about are added (approvals/logging.py).
+    "filters": {
+        "mask_secrets": {"()": "approvals.masking.SecretMaskingFilter"},
+        "log_context": {"()": "approvals.logging.LogContextFilter"},
+    },
     "handlers": {
-        "stderr": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["mask_secrets"]}
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "signoff",
+            "filters": ["mask_secrets", "log_context"],
+        }
     },
     "root": {"handlers": ["stderr"], "level": env_str("SIGNOFF_LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}, "daphne": {"level": "WARNING"}},

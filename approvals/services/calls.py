@@ -16,10 +16,13 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from approvals import access, guards, policy, realtime, scopes
+from approvals import access, guards, metrics, policy, realtime, scopes
 from approvals.models import BridgeToken, Rule, ToolCall, ToolPin
 from approvals.scopes import Scope
+from approvals.services import limits
+from approvals.services.alerts import alerts_call_denied, alerts_call_recorded
 from approvals.services.audit import audit_record
+from approvals.services.notifications import notify_call_held
 from approvals.services.rules import RuleInvalid, rule_create, rule_spec
 from approvals.services.tokens import scope_text, server_in_scope
 from approvals.services.tools import tool_pin_accept
@@ -104,6 +107,8 @@ def call_submit(
             "team__rules_version",
             "team__default_deadline_seconds",
             "team__four_eyes",
+            "team__alert_calls_per_token_hour",
+            "team__alert_denials_per_10_minutes",
         )
         row = current.first()
         if (
@@ -115,6 +120,9 @@ def call_submit(
             raise TokenUnusable()
         # Reviewers' pages read the setting from the call's team: as fresh as the rest of this decision.
         team.four_eyes = row["team__four_eyes"]
+        # The alert thresholds too, read with the rest: the volume and denial detectors add no query.
+        team.alert_calls_per_token_hour = row["team__alert_calls_per_token_hour"]
+        team.alert_denials_per_10_minutes = row["team__alert_denials_per_10_minutes"]
         # Defence in depth: the bridge was refused at its hello, but the scope may have changed since.
         in_scope = server_in_scope(row["servers"] or [], server)
         # Lock the call row only: decided_by is a nullable (outer) join, which PostgreSQL cannot lock.
@@ -141,6 +149,7 @@ def call_submit(
 
         findings: list[guards.Finding] = []
         risks: list[dict[str, str]] = []
+        hit: limits.LimitHit | None = None
         if not in_scope:
             verdict = policy.Verdict(
                 "deny",
@@ -154,6 +163,19 @@ def call_submit(
             blocks = [finding for finding in findings if finding.severity == "block"]
             if blocks:
                 verdict = policy.Verdict("deny", _invalid_input_reason(blocks))
+            # Rate limits count after the guards (a refused input is not counted) and before the rules (a
+            # call a rule allows is still limited); a re-attached call returned above, counted once.
+            elif (
+                hit := limits.limits_check(
+                    team=team,
+                    token=token,
+                    server=server,
+                    tool=tool,
+                    now=now,
+                    version=row["team__rules_version"],
+                )
+            ) is not None:
+                verdict = policy.Verdict("deny", hit.reason)
             else:
                 ruleset = team_ruleset(team.pk, version=row["team__rules_version"])
                 verdict = ruleset.evaluate(
@@ -201,6 +223,7 @@ def call_submit(
         )
         call.token = token
         call.requester = token.user
+        limited: dict[str, Any] = {"rate_limit": hit.limit.id if hit.limit else "unavailable"} if hit else {}
         audit_record(
             kind=f"call.{state}",
             team=team,
@@ -211,9 +234,15 @@ def call_submit(
             arguments_hash=args_hash,
             reason=verdict.reason,
             rule=verdict.rule_id,
+            **limited,
         )
+        if hit is not None:
+            limits.limit_hit_record(hit=hit, call=call)
+        alerts_call_recorded(call=call)  # volume and denial alerts, on commit
         if state == State.PENDING:
             realtime.call_changed(call)
+            # Held for a human: the team's call.held channels hear of it once this commits.
+            notify_call_held(call)
     return Submitted(call, run=state == State.ALLOWED, reattached=False)
 
 
@@ -390,6 +419,9 @@ def call_decide(
         raise refusal
     if not changed:
         raise CallAlreadyDecided(call)
+    # The decision latency for /metrics. Committed above: the view and the review socket call this outside
+    # any transaction (no ATOMIC_REQUESTS).
+    metrics.observe_human_decision(state=call.state, created_at=call.created_at, decided_at=call.decided_at)
     return call
 
 
@@ -489,6 +521,8 @@ def _record_decision(
     )
     realtime.call_changed(call)
     realtime.decision_changed(call)
+    if call.state == State.DENIED:
+        alerts_call_denied(call=call)  # a reviewer's denial counts toward a burst too, on commit
 
 
 def call_tool_definition_accept(*, call_id: str, reviewer: AbstractBaseUser) -> bool:

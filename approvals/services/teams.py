@@ -164,8 +164,12 @@ def team_settings_change(
     rules_admins_only: bool,
     four_eyes: bool | None = None,
     require_mfa: bool | None = None,
+    alert_calls_per_token_hour: int | None = None,
+    alert_denials_per_10_minutes: int | None = None,
+    payload_retention_days: int | None = None,
 ) -> Team:
-    """Change a team's settings; audited with what changed. ``None`` leaves a yes/no setting as it is.
+    """Change a team's settings; audited with what changed. ``None`` leaves a setting as it is (the yes/no
+    ones and the alert thresholds, where 0 turns that alert off).
 
     Raises :class:`MfaLockout` when ``require_mfa`` is turned on by an admin who has no authenticator app
     themselves: they would lose the admin rights needed to undo it.
@@ -189,6 +193,12 @@ def team_settings_change(
             new["four_eyes"] = four_eyes
         if require_mfa is not None:
             new["require_mfa"] = require_mfa
+        if alert_calls_per_token_hour is not None:
+            new["alert_calls_per_token_hour"] = alert_calls_per_token_hour
+        if alert_denials_per_10_minutes is not None:
+            new["alert_denials_per_10_minutes"] = alert_denials_per_10_minutes
+        if payload_retention_days is not None:  # 0 keeps payloads; see services/retention.py
+            new["payload_retention_days"] = payload_retention_days
         changed = {field: value for field, value in new.items() if getattr(locked, field) != value}
         if not changed:
             return locked

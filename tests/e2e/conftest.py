@@ -60,6 +60,8 @@ SERVER_ENV: dict[str, str] = {
     "SIGNOFF_LOG_LEVEL": "WARNING",
     # Mails the servers send (invitations, password resets) land here as files, for the tests to read.
     "SIGNOFF_EMAIL_DIR": str(_STATE / "mail"),
+    # Notification tests run their webhook receivers on 127.0.0.1, which the SSRF rule refuses by default.
+    "SIGNOFF_WEBHOOK_ALLOW_PRIVATE": "1",
     "DATABASE_URL": _database_url(),
 }
 if not os.environ.get("REDIS_URL"):
@@ -124,6 +126,10 @@ class SignoffServer:
     port: int
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment of this server on top of the test run's (``running_server(name, NAME=value)``)."""
+    ready_path: str = "/accounts/login/"
+    """Polled until it answers at start (``/healthz`` for a server whose dependencies are down)."""
 
     @property
     def url(self) -> str:
@@ -134,11 +140,11 @@ class SignoffServer:
         self.process = subprocess.Popen(
             [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(self.port), "config.asgi:application"],
             cwd=ROOT,
-            env=child_env(),
+            env=child_env(**self.env),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        wait_http(self.url + "/accounts/login/")
+        wait_http(self.url + self.ready_path)
         return self
 
     def kill(self) -> None:
@@ -156,11 +162,11 @@ class SignoffServer:
 
 
 @contextlib.contextmanager
-def running_server(name: str) -> Iterator[SignoffServer]:
+def running_server(name: str, *, ready_path: str = "/accounts/login/", **env: str) -> Iterator[SignoffServer]:
     ARTIFACTS.mkdir(exist_ok=True)
     log_path = ARTIFACTS / f"daphne-{name}.log"
     log_path.write_bytes(b"")
-    server = SignoffServer(port=free_port(), log_path=log_path).start()
+    server = SignoffServer(port=free_port(), log_path=log_path, env=env, ready_path=ready_path).start()
     try:
         yield server
     finally:

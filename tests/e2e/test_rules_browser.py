@@ -188,7 +188,13 @@ async def test_admin_exports_the_policy_and_imports_files_all_or_nothing_in_the_
     assert yaml_text.startswith("# Signoff policy file (schema version 1)")
     exported = yaml.safe_load(yaml_text)
     assert exported == json.loads(json_text)
-    assert exported == {"version": 1, "team": team.team.slug, "mode": "review", "rules": expected_rules}
+    assert exported == {
+        "version": 1,
+        "team": team.team.slug,
+        "mode": "review",
+        "rules": expected_rules,
+        "limits": [],
+    }
 
     async with bridge(
         tmp_path, url=signoff.url, token=team.raw_token, bridge_args=("--client-timeout", "1")
@@ -222,7 +228,7 @@ async def test_admin_exports_the_policy_and_imports_files_all_or_nothing_in_the_
         ]
         panel = " ".join((await problems.text_content() or "").split())
         assert "Nothing was imported: broken.yaml has 3 problems" in panel
-        assert f"The rules and mode of {team.team.name} are unchanged" in panel
+        assert f"The rules, limits and mode of {team.team.name} are unchanged" in panel
         assert rule_rows(team.team) == before
         team.team.refresh_from_db()
         assert team.team.mode == "review"

@@ -26,9 +26,22 @@ from django.test import Client
 from django.urls import URLPattern, reverse
 
 from approvals import policyfile
-from approvals.models import AuditEvent, BridgeToken, Invitation, Membership, Rule, Team, ToolCall
+from approvals.models import (
+    Alert,
+    AuditEvent,
+    BridgeToken,
+    Invitation,
+    Membership,
+    NotificationChannel,
+    RateLimit,
+    Rule,
+    Team,
+    ToolCall,
+)
 from approvals.services import rules as rule_services
+from approvals.services.alerts import alert_raise
 from approvals.services.invitations import invitation_create
+from approvals.services.limits import limit_create
 from approvals.services.teams import member_add, user_get_or_create
 from approvals.services.tools import tools_seen
 from approvals.urls import urlpatterns
@@ -54,6 +67,10 @@ MATRIX: dict[str, tuple[str, str]] = {
     # The team's whole record is for admins and auditors; exporting it writes an audit event.
     "audit": ("L 200 403 403 200 403", NOT_ALLOWED),
     "audit_export": ("L 200 403 403 200 403", NOT_ALLOWED),
+    # Alerts are the team's record too: admins acknowledge them, auditors read them.
+    "alerts": ("L 200 403 403 200 403", NOT_ALLOWED),
+    "alert_acknowledge": (NOT_ALLOWED, "L 302 403 403 403 403"),
+    "alerts_acknowledge_all": (NOT_ALLOWED, "L 302 403 403 403 403"),
     # Auditors read: they may not issue a bridge token (which would let them run tools).
     "tokens": ("L 200 200 200 200 403", "L 200 200 200 403 403"),
     "token_revoke": (NOT_ALLOWED, "L 302 403 302 403 403"),  # the token is the member's
@@ -70,6 +87,19 @@ MATRIX: dict[str, tuple[str, str]] = {
     "rule_edit": ("L 200 403 403 403 403", "L 302 403 403 403 403"),
     "rule_enabled": (NOT_ALLOWED, "L 302 403 403 403 403"),
     "rule_delete": (NOT_ALLOWED, "L 302 403 403 403 403"),
+    # Rate limits are read like the rules and changed by admins only.
+    "limits": ("L 200 200 403 200 403", NOT_ALLOWED),
+    "limit_new": ("L 200 403 403 403 403", "L 302 403 403 403 403"),
+    "limit_edit": ("L 200 403 403 403 403", "L 302 403 403 403 403"),
+    "limit_enabled": (NOT_ALLOWED, "L 302 403 403 403 403"),
+    "limit_delete": (NOT_ALLOWED, "L 302 403 403 403 403"),
+    # Notification channels are the admins'. A test message changes the channel (its last error here: the
+    # world's webhook points inside, which delivery refuses); rotating answers with the new secret's page.
+    "notifications": ("L 200 403 403 403 403", "L 302 403 403 403 403"),
+    "notification_test": (NOT_ALLOWED, "L 302 403 403 403 403"),
+    "notification_rotate": (NOT_ALLOWED, "L 200 403 403 403 403"),
+    "notification_enabled": (NOT_ALLOWED, "L 302 403 403 403 403"),
+    "notification_delete": (NOT_ALLOWED, "L 302 403 403 403 403"),
     "invitation_create": (NOT_ALLOWED, "L 302 403 403 403 403"),
     "invitation_revoke": (NOT_ALLOWED, "L 302 403 403 403 403"),
     # The link's page is public; the world's invitation is for nobody here: signed in, "not your
@@ -95,6 +125,9 @@ MFA_MATRIX: dict[str, tuple[str, str]] = {
     "call_detail": ("M M", "405 405"),  # the member's call: their role would show it
     "audit": ("M 403", "405 405"),
     "audit_export": ("M 403", "405 405"),
+    "alerts": ("M 403", "405 405"),
+    "alert_acknowledge": ("405 405", "403 403"),
+    "alerts_acknowledge_all": ("405 405", "403 403"),
     "tokens": ("200 200", "200 200"),  # their own tokens, and they may issue one
     "token_revoke": ("405 405", "403 403"),  # the member's token: an admin's right, not a member's
     "members": ("M 403", "403 403"),  # a reviewer is refused as before: two-factor would not change it
@@ -110,6 +143,16 @@ MFA_MATRIX: dict[str, tuple[str, str]] = {
     "rule_edit": ("M M", "403 403"),
     "rule_enabled": ("405 405", "403 403"),
     "rule_delete": ("405 405", "403 403"),
+    "limits": ("M M", "405 405"),
+    "limit_new": ("M M", "403 403"),  # reading first, as for the rules
+    "limit_edit": ("M M", "403 403"),
+    "limit_enabled": ("405 405", "403 403"),
+    "limit_delete": ("405 405", "403 403"),
+    "notifications": ("M 403", "403 403"),
+    "notification_test": ("405 405", "403 403"),
+    "notification_rotate": ("405 405", "403 403"),
+    "notification_enabled": ("405 405", "403 403"),
+    "notification_delete": ("405 405", "403 403"),
     "invitation_create": ("405 405", "403 403"),
     "invitation_revoke": ("405 405", "403 403"),
     "invitation_accept": ("403 403", "403 403"),  # not their invitation, as in MATRIX
@@ -126,6 +169,9 @@ class World:
     membership: Membership  # the member's
     invitation: Invitation | None = None  # open, for an address nobody here has
     invitation_secret: str = ""
+    alert: Alert | None = None  # open, about the member's token
+    limit: RateLimit | None = None  # the team's, per token
+    channel: NotificationChannel | None = None  # a signed webhook to an internal address
 
 
 @pytest.fixture
@@ -148,6 +194,11 @@ def world(
     assert call.state == ToolCall.State.PENDING
     users = {"admin": admin, "reviewer": reviewer, "member": member, "auditor": auditor, "outsider": outsider}
     invitation, secret = invitation_create(team=team_a, email="invitee@example.com", role="member", by=admin)
+    # For tools nobody calls here: the tests share one cache, whose counts outlive each test's database.
+    limit = limit_create(team=team_a, by=admin, scope="token", tool="list_*", window="minute", max_calls=9)
+    alert, _ = alert_raise(
+        team=team_a, kind="new_address", key="matrix", message="matrix", token=member_token.token
+    )
     return World(
         team_a,
         users,
@@ -157,6 +208,11 @@ def world(
         Membership.objects.get(team=team_a, user=member),
         invitation,
         secret,
+        alert,
+        limit=limit,
+        channel=NotificationChannel.objects.create(
+            team=team_a, kind="webhook", name="matrix", target="http://127.0.0.1:9/hook", secret="s" * 64
+        ),
     )
 
 
@@ -165,6 +221,9 @@ def url_for(name: str, w: World) -> str:
     pattern = next(p for p in urlpatterns if isinstance(p, URLPattern) and p.name == name)
     objects = {"call_id": str(w.call.pk), "token_id": w.token.pk, "membership_id": w.membership.pk}
     objects.update(invitation_id=w.invitation.pk if w.invitation else 0, secret=w.invitation_secret)
+    objects.update(limit_id=w.limit.pk if w.limit else 0)
+    objects.update(alert_id=w.alert.pk if w.alert else 0)
+    objects.update(channel_id=w.channel.pk if w.channel else 0)
     kwargs = {key: objects.get(key, w.rule.pk) for key in pattern.pattern.converters}
     return reverse(f"approvals:{name}", kwargs=kwargs) + ("" if kwargs else "?team=alpha")
 
@@ -181,6 +240,11 @@ def post_data(name: str, w: World) -> dict[str, Any]:
         "rule_new": rule,
         "rule_edit": {**rule, "note": "edited"},
         "rule_enabled": {"enabled": "0"},
+        "notifications": {"kind": "email", "name": "ops", "target": "ops@example.com", "events": ["alert"]},
+        "notification_enabled": {"enabled": "0"},
+        "limit_new": {"max_calls": "5", "window": "hour", "scope": "team", "server": "*", "tool": "*"},
+        "limit_edit": {"max_calls": "7", "window": "minute", "scope": "token", "server": "*", "tool": "*"},
+        "limit_enabled": {"enabled": "0"},
         "rules_dry_run": {"server": "files", "tool": "read_file", "arguments": "{}"},
         "rules_import": {
             "file": SimpleUploadedFile("rules.yaml", policyfile.export_text(w.team).encode()),
@@ -196,6 +260,12 @@ def fingerprint() -> tuple[Any, ...]:
         list(Membership.objects.order_by("pk").values_list("team_id", "user_id", "role")),
         list(BridgeToken.objects.order_by("pk").values_list("pk", "revoked_at")),
         list(Rule.objects.order_by("pk").values_list("pk", "effect", "server", "tool", "note", "enabled")),
+        list(RateLimit.objects.order_by("pk").values_list("pk", "scope", "window", "max_calls", "enabled")),
+        list(
+            NotificationChannel.objects.order_by("pk").values_list(
+                "pk", "enabled", "secret", "last_sent_at", "last_error_at"
+            )
+        ),
         list(ToolCall.objects.order_by("pk").values_list("pk", "state")),
         list(Invitation.objects.order_by("pk").values_list("pk", "revoked_at", "accepted_at")),
         AuditEvent.objects.count(),
@@ -280,6 +350,14 @@ def test_where_each_role_lands(world: World, role: str, status: int, location: s
         "rule_enabled",
         "rule_delete",
         "invitation_revoke",
+        "limit_edit",
+        "limit_enabled",
+        "limit_delete",
+        "alert_acknowledge",
+        "notification_test",
+        "notification_rotate",
+        "notification_enabled",
+        "notification_delete",
     ],
 )
 def test_an_unknown_object_is_404(world: World, role: str, name: str) -> None:
