@@ -25,7 +25,9 @@ Masking is best effort: a secret in no known format under an innocent name (``{"
 is not recognised. It errs towards leaving ordinary text alone; ``tests/unit/test_masking.py`` holds the
 corpus of what must be masked and of what must stay untouched. Masking is idempotent.
 
-This module is pure Python (no Django), so that settings can install its logging filter.
+This module is pure Python (no Django), so that settings can install its logging filter. The token formats
+are ``mcpbridge.inspection.SECRET_FORMATS``, shared with the bridge's result inspection
+(``docs/inspection.md``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ import logging
 import re
 from collections.abc import Callable
 from typing import Any
+
+from mcpbridge.inspection import SECRET_FORMATS
+from mcpbridge.inspection import looks_secret as _looks_secret
 
 __all__ = [
     "MASK",
@@ -129,16 +134,6 @@ def _keep_prefix(match: re.Match[str]) -> str:
     return masked(match.group("keep"))
 
 
-def _looks_secret(value: str) -> bool:
-    """A credential-like word: a digit or a symbol, or long. ``it``, ``required``, ``changeme`` and
-    ``SecretStr`` are not; ``hunter2``, ``s3cr3t!`` and ``Tr0ub4dor`` are."""
-    if len(value) >= 20:
-        return True
-    if len(value) < 6:
-        return False
-    return any(c.isdigit() for c in value) or any(not c.isalnum() for c in value)
-
-
 def _credential(match: re.Match[str]) -> str:
     """``Bearer <credential>``: only when the credential looks like one, so that prose such as "the
     bearer instrument" stays as it is."""
@@ -212,74 +207,20 @@ def _mask_assignments(text: str) -> str:
     return "".join([*parts, text[done:]])
 
 
-def _token(pattern: str, flags: int = 0) -> re.Pattern[str]:
-    """A token format that starts a word: not preceded by a letter or digit (``_`` and ``=`` are fine,
-    as in ``GITHUB_TOKEN=ghp_…``)."""
-    return re.compile(r"(?<![A-Za-z0-9])" + pattern, flags)
+# The formats themselves are ``mcpbridge.inspection.SECRET_FORMATS``: one catalogue for what the bridge flags
+# in results and what Signoff masks on its pages (the bridge cannot import Django, so it lives there). Order
+# matters: whole blocks and URLs first, then the specific formats (which keep their prefix), then the generic
+# ``Bearer …`` rule; ``name=value`` comes last (``_mask_assignments``) and skips what is already masked.
+def _replacer(detector: str) -> _Replacer:
+    if detector == "password_in_url":
+        return _url_password
+    if detector == "bearer_token":
+        return _credential
+    return _keep_prefix
 
 
-# Order matters: whole blocks and URLs first, then the specific formats (which keep their prefix), then
-# the generic ``Bearer …`` rule; ``name=value`` comes last (``_mask_assignments``) and skips what is
-# already masked.
-_RULES: tuple[tuple[str, re.Pattern[str], _Replacer], ...] = (
-    (
-        "pem private key",
-        re.compile(
-            r"(?P<keep>-----BEGIN (?P<label>[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?)-----)(?!…\[masked\])"
-            r".*?(?:-----END (?P=label)-----|\Z)",
-            re.S,
-        ),
-        _keep_prefix,
-    ),
-    (
-        "slack webhook",
-        re.compile(r"(?P<keep>https://hooks\.slack\.com/services/)[A-Za-z0-9/_-]{10,}"),
-        _keep_prefix,
-    ),
-    (
-        "password in a url",
-        re.compile(
-            r"(?P<keep>\b[A-Za-z][A-Za-z0-9+.-]{0,19}://[^\s:/?#@\"'<>]{0,256}:)[^\s/?#@\"'<>]{1,512}@"
-        ),
-        _url_password,
-    ),
-    ("signoff token", _token(r"(?P<keep>sgo_[0-9a-f]{8})_[A-Za-z0-9_-]{4,}"), _keep_prefix),
-    ("signoff token, malformed", _token(r"(?P<keep>sgo_)[A-Za-z0-9_-]{16,}"), _keep_prefix),
-    (
-        "aws access key id",
-        re.compile(
-            r"(?<![A-Z0-9])(?P<keep>A(?:KIA|SIA|IDA|ROA|IPA|NPA|NVA|GPA|BIA|CCA))[A-Z0-9]{16}(?![A-Z0-9])"
-        ),
-        _keep_prefix,
-    ),
-    ("github token", _token(r"(?P<keep>gh[pousr]_)[A-Za-z0-9]{30,}"), _keep_prefix),
-    ("github fine-grained token", _token(r"(?P<keep>github_pat_)[A-Za-z0-9_]{20,}"), _keep_prefix),
-    ("gitlab token", _token(r"(?P<keep>glpat-)[A-Za-z0-9_-]{20,}"), _keep_prefix),
-    ("slack token", _token(r"(?P<keep>xox[abposre]-|xapp-)[A-Za-z0-9-]{10,}"), _keep_prefix),
-    (
-        "openai or anthropic key",
-        re.compile(
-            r"(?<![A-Za-z0-9_-])(?P<keep>sk-(?:ant-(?:[a-z]+[0-9]{2}-)?|proj-|svcacct-|admin-)?)[A-Za-z0-9_-]{20,}"
-        ),
-        _keep_prefix,
-    ),
-    ("stripe secret key", _token(r"(?P<keep>[sr]k_(?:live|test)_)[A-Za-z0-9]{16,}"), _keep_prefix),
-    ("google api key", _token(r"(?P<keep>AIza)[0-9A-Za-z_-]{35}"), _keep_prefix),
-    ("google oauth token", _token(r"(?P<keep>ya29\.)[0-9A-Za-z_-]{20,}"), _keep_prefix),
-    ("hugging face token", _token(r"(?P<keep>hf_)[A-Za-z]{30,}"), _keep_prefix),
-    ("npm token", _token(r"(?P<keep>npm_)[A-Za-z0-9]{36}"), _keep_prefix),
-    (
-        "jwt",
-        re.compile(r"(?<![A-Za-z0-9_-])(?P<keep>eyJ)[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),
-        _keep_prefix,
-    ),
-    (
-        "authorization credential",
-        re.compile(
-            r"(?P<keep>\b(?:Bearer|bearer|BEARER|Basic|Token|Digest)\s+)(?P<secret>[A-Za-z0-9._~+/=-]+)"
-        ),
-        _credential,
-    ),
+_RULES: tuple[tuple[str, re.Pattern[str], _Replacer], ...] = tuple(
+    (fmt.label, fmt.pattern, _replacer(fmt.detector)) for fmt in SECRET_FORMATS
 )
 
 
