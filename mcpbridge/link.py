@@ -6,6 +6,7 @@ raises :class:`LinkError` with a reason a person (and a model) can act on.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -139,7 +140,10 @@ class SignoffLink:
             ping_timeout=20,
             user_agent_header="mcpbridge",
         ) as socket:
-            await socket.send(protocol.encode(self._hello()))
+            # Refused at once (bad token, Redis down…), the socket may be closed already: the server's
+            # reason is still there to be read below.
+            with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+                await socket.send(protocol.encode(self._hello()))
             with anyio.fail_after(self.answer_timeout):
                 first = protocol.parse_server_message(await socket.recv())
             if isinstance(first, protocol.Error):
@@ -176,8 +180,9 @@ class SignoffLink:
             pass
         if error.code in REFUSAL_CODES:
             self._refusal = error.message
-        self.last_error = error.message
         self._on_close(socket.close_code, error.message)
+        if self.fatal is None:  # the server's words say more than a close code (e.g. "unavailable")
+            self.last_error = error.message
 
     def _on_close(self, code: int | None, reason: str | None) -> None:
         if code in protocol.FATAL_CLOSE_CODES:

@@ -318,12 +318,21 @@ def _claim(call: ToolCall, *, now: Any) -> bool:
 
 
 def call_claim(*, token: BridgeToken, call_id: str) -> tuple[ToolCall, bool]:
-    """Hand the right to run an allowed call to the bridge asking. True for exactly one claim."""
+    """Hand the right to run an allowed call to the bridge asking. True for exactly one claim.
+
+    A claim after the call's deadline expires it instead: the deadline holds even when no sweep ran (the
+    Celery worker or beat down), so an allowed call never starts after its deadline.
+    """
+    now = timezone.now()
     with transaction.atomic():
         call = _load(call_id, token=token)
         if call.state != State.ALLOWED or call.started_at is not None:
             return call, False
-        return call, _claim(call, now=timezone.now())
+        if call.deadline <= now:
+            _expire(call, now=now)
+            call.refresh_from_db(from_queryset=_with_relations())
+            return call, False
+        return call, _claim(call, now=now)
 
 
 def call_report_result(

@@ -360,6 +360,19 @@ def test_a_held_call_cannot_be_claimed(member_token, submit) -> None:
     assert ToolCall.objects.get(pk=held.pk).started_at is None
 
 
+def test_an_allowed_call_claimed_after_its_deadline_expires_instead_of_running(
+    member_token, submit, reviewer, audit_kinds
+) -> None:
+    # No sweep ran (a Celery worker down): the claim itself holds the deadline.
+    held = submit(member_token.token).call
+    _decide(held, reviewer)
+    _past_deadline(held)
+    call, run = call_claim(token=member_token.token, call_id=str(held.pk))
+    assert run is False and call.state == ToolCall.State.EXPIRED and call.started_at is None
+    assert call.decided_by is not None  # loaded: the consumer builds its answer from it without a query
+    assert audit_kinds(held) == ["call.pending", "call.allowed", "call.expired"]
+
+
 def test_an_automatically_allowed_call_was_already_claimed_by_its_answer(
     member_token, submit, team_a
 ) -> None:
