@@ -344,3 +344,24 @@ def require_alerts_acknowledge(user: AnyUser, team: Team) -> None:
     membership = membership_for(user, team)
     if acting_role(membership) != Membership.Role.ADMIN:
         _refuse(membership, ADMIN_ROLES, "Only the team's admins may acknowledge its alerts.")
+
+
+# --- the inventory of upstream servers -----------------------------------------------------------------
+INVENTORY_ROLES = AUDIT_ROLES
+"""Roles that see the team's inventory: its admins, who answer for what the team runs, and its auditors.
+
+The inventory names who runs which server from which token, with their command lines: the team's record,
+like the Audit page, rather than something a reviewer needs to decide a call."""
+
+
+def can_read_inventory(user: AnyUser, team: Team) -> bool:
+    """May see the team's inventory of upstream servers and each server's page (read-only)."""
+    return acting_role(membership_for(user, team)) in INVENTORY_ROLES
+
+
+def require_inventory_read(user: AnyUser, team: Team) -> Membership:
+    """The user's membership, or PermissionDenied unless they may see the team's inventory."""
+    membership = membership_for(user, team)
+    if membership is None or acting_role(membership) not in INVENTORY_ROLES:
+        _refuse(membership, INVENTORY_ROLES, "Only the team's admins and auditors may see its inventory.")
+    return membership

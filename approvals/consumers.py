@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import PermissionDenied
 
@@ -19,11 +20,20 @@ from approvals import access, metrics, realtime, scopes, security, selectors
 from approvals.logging import log_bind, new_request_id
 from approvals.models import BridgeToken, Team
 from approvals.services import calls as call_services
+from approvals.services.inventory import sighting_of, upstream_seen
 from approvals.services.tokens import server_in_scope, token_scope_refused, token_touch
 from approvals.services.tools import tools_seen
 from mcpbridge import protocol
 
 log = logging.getLogger(__name__)
+
+
+CLOSE_UNAVAILABLE = 4503
+"""Signoff cannot serve a bridge now (its channel layer is down): the bridge reconnects with backoff."""
+UNAVAILABLE = (
+    "Signoff is temporarily unavailable: it cannot reach its message broker (Redis), so no decision "
+    "could reach this bridge. Nothing was run; try again shortly"
+)
 
 
 class BridgeConsumer(AsyncWebsocketConsumer):
@@ -32,12 +42,19 @@ class BridgeConsumer(AsyncWebsocketConsumer):
     token: BridgeToken | None
     upstream: protocol.UpstreamInfo | None
     tools: dict[str, protocol.ToolInfo]
+    report: protocol.UpstreamReport | None
+    """The bridge's inventory report of its upstream, once it sent one (docs/inventory.md)."""
+    tools_known: bool
+    """Whether ``tools`` is the upstream's list, rather than the empty one of a hello sent before the
+    upstream answered ``initialize``."""
 
     async def connect(self) -> None:
         self.token = self.scope.get("bridge_token")
         self.gate = security.FrameGate(security.bridge_limits(), close_oversized=False)
         self.upstream = None
         self.tools = {}
+        self.report = None
+        self.tools_known = False
         # Accept first, so the bridge sees why it is refused instead of a bare HTTP 403.
         await self.accept()
         if self.token is None:
@@ -50,7 +67,14 @@ class BridgeConsumer(AsyncWebsocketConsumer):
             )
             await self.close(code=protocol.CLOSE_UNAUTHORIZED, reason="token unknown, expired or revoked")
             return
-        await self.channel_layer.group_add(realtime.bridge_group(self.token.pk), self.channel_name)
+        try:
+            await self.channel_layer.group_add(realtime.bridge_group(self.token.pk), self.channel_name)
+        except Exception as exc:  # Redis down: no decision could reach this bridge; it must not wait on us
+            log.error("bridge refused: the channel layer is unreachable: %s: %s", type(exc).__name__, exc)
+            await self._send(protocol.Error(code="unavailable", message=UNAVAILABLE))
+            await self.close(code=CLOSE_UNAVAILABLE, reason="channel layer unavailable")
+            # Stop now: this consumer's read from the dead channel layer would only fail again, noisily.
+            raise StopConsumer() from None
         # This connection's log lines name the team and the token's owner (approvals/logging.py).
         log_bind(team=self.token.team.slug, user=self.token.user.get_username())
         metrics.socket_opened("bridge")
@@ -115,7 +139,13 @@ class BridgeConsumer(AsyncWebsocketConsumer):
             await self._hello(message)
         elif isinstance(message, protocol.Tools):
             self.tools = {tool.name: tool for tool in message.tools}
+            self.tools_known = True
             await self._pin_tools()
+            await self._inventory()
+        elif isinstance(message, protocol.UpstreamReport):
+            self.report = message
+            self.tools_known = True  # sent after initialize, and after the tools
+            await self._inventory()
         elif isinstance(message, protocol.Call):
             assert self.upstream is not None
             submitted = await database_sync_to_async(call_services.call_submit)(
@@ -179,6 +209,7 @@ class BridgeConsumer(AsyncWebsocketConsumer):
         self.upstream = hello.upstream
         self.tools = {tool.name: tool for tool in hello.tools}
         await self._pin_tools()
+        self.tools_known = bool(hello.upstream.server_name or hello.tools)
         team = self.token.team
         await self._send(
             protocol.Welcome(
@@ -189,6 +220,7 @@ class BridgeConsumer(AsyncWebsocketConsumer):
                 default_deadline_seconds=team.default_deadline_seconds,
             )
         )
+        await self._inventory()  # after the welcome: bookkeeping need not delay the bridge
         log.info(
             "bridge connected: token %s… server %s (%d tools)",
             self.token.prefix,
@@ -201,6 +233,20 @@ class BridgeConsumer(AsyncWebsocketConsumer):
         await database_sync_to_async(tools_seen)(
             team=self.token.team, server=self.upstream.name, tools=list(self.tools.values())
         )
+
+    async def _inventory(self) -> None:
+        """Record the upstream in the team's inventory. Bookkeeping: a failure here is logged, and
+        never costs the bridge its connection or a call its answer."""
+        assert self.token is not None and self.upstream is not None
+        info = sighting_of(
+            upstream=self.upstream,
+            report=self.report,
+            tools=list(self.tools.values()) if self.tools_known else None,
+        )
+        try:
+            await database_sync_to_async(upstream_seen)(token=self.token, info=info)
+        except Exception:
+            log.exception("could not record upstream %r in the inventory", self.upstream.name)
 
     async def _send(self, message: protocol.Message) -> None:
         await self.send(text_data=protocol.encode(message))

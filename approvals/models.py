@@ -433,3 +433,91 @@ class Alert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()}: {self.message}"
+
+
+class Upstream(models.Model):
+    """An upstream MCP server that the team's bridges front, as they last reported it (the inventory).
+
+    One per team and server name (the bridge's ``--name``, which rules and scopes match). What a bridge
+    reports is masked before it is sent and again before it is stored: commands and URLs carry no
+    secret, and of the environment only variable names are kept. Calls are counted from ``ToolCall`` when
+    read, not here.
+    """
+
+    class Transport(models.TextChoices):
+        STDIO = "stdio", "stdio"
+        HTTP = "http", "HTTP"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="upstreams")
+    name = models.CharField(max_length=128, help_text="The server's name in Signoff (mcpbridge --name).")
+    transport = models.CharField(max_length=8, choices=Transport.choices)
+    command = models.JSONField(
+        default=list, blank=True, help_text="The stdio upstream's command line, secrets masked."
+    )
+    url = models.CharField(max_length=2048, blank=True, help_text="The HTTP upstream's URL, secrets masked.")
+    env_names = models.JSONField(
+        default=list, blank=True, help_text="Names of the environment variables it gets; never values."
+    )
+    server_name = models.CharField(max_length=128, blank=True, help_text="Its name from initialize.")
+    server_version = models.CharField(max_length=128, blank=True, help_text="Its version from initialize.")
+    protocol_version = models.CharField(max_length=40, blank=True, help_text="MCP protocol version.")
+    capabilities = models.JSONField(default=dict, blank=True, help_text="Its capabilities from initialize.")
+    tools = models.JSONField(
+        default=dict, blank=True, help_text="Its tools: name -> {hash, title, annotations}."
+    )
+    reported = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Which of the fields above some bridge reported (an older bridge sends fewer).",
+    )
+    first_seen_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["team", "name"], name="one_upstream_per_team_name")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class UpstreamUse(models.Model):
+    """Who runs an upstream: one bridge token's use of it, with what that token's bridge last reported
+    (people run different versions and command lines of the same server)."""
+
+    upstream = models.ForeignKey(Upstream, on_delete=models.CASCADE, related_name="uses")
+    token = models.ForeignKey(BridgeToken, on_delete=models.CASCADE, related_name="upstream_uses")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    snapshot = models.JSONField(default=dict, blank=True, help_text="What this token's bridge last reported.")
+    first_seen_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["upstream", "token"], name="one_use_per_upstream_token")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.upstream} via {self.token}"
+
+
+class UpstreamChange(models.Model):
+    """A change in what a bridge reported of an upstream: a new version, tools added or removed, a
+    changed command line, environment or capabilities. Appended, never edited."""
+
+    upstream = models.ForeignKey(Upstream, on_delete=models.CASCADE, related_name="changes")
+    at = models.DateTimeField(default=timezone.now)
+    token = models.ForeignKey(BridgeToken, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    changes = models.JSONField(
+        default=list, help_text='[{"field": "server_version", "before": …, "after": …}, …]'
+    )
+
+    class Meta:
+        indexes: ClassVar = [models.Index(fields=["upstream", "-at"], name="upstream_change_newest")]
+
+    def __str__(self) -> str:
+        return f"{self.upstream} changed at {self.at:%Y-%m-%d %H:%M}"

@@ -3,6 +3,7 @@ from django.urls import path
 from approvals import (
     alert_views,
     audit_views,
+    inventory_views,
     invitation_views,
     limits_views,
     notification_views,
@@ -22,6 +23,8 @@ urlpatterns = [
     path("alerts/", alert_views.alerts, name="alerts"),
     path("alerts/<int:alert_id>/acknowledge/", alert_views.alert_acknowledge_view, name="alert_acknowledge"),
     path("alerts/acknowledge-all/", alert_views.alerts_acknowledge_all_view, name="alerts_acknowledge_all"),
+    path("inventory/", inventory_views.inventory, name="inventory"),
+    path("inventory/<int:upstream_id>/", inventory_views.inventory_server, name="inventory_server"),
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:token_id>/revoke/", views.token_revoke_view, name="token_revoke"),
     path("members/", views.members, name="members"),

@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 PROTOCOL_VERSION = 1
 BRIDGE_PATH = "/ws/bridge/"
@@ -28,6 +28,11 @@ MAX_STATUS_IDS = 1000
 MAX_DESCRIPTION_LENGTH = 2000
 MAX_SCHEMA_BYTES = 32 * 1024
 MAX_DEPTH = 64
+MAX_COMMAND_ARGS = 64
+MAX_ARG_LENGTH = 512
+MAX_URL_LENGTH = 2048
+MAX_ENV_NAMES = 256
+MAX_CAPABILITIES_BYTES = 8 * 1024
 """Deepest nesting of objects and arrays in a frame (arguments are shown to reviewers and stored)."""
 
 # Close codes (4000-4999 are application codes in RFC 6455).
@@ -73,6 +78,42 @@ class UpstreamInfo(Message):
     transport: Literal["stdio", "http"]
     server_name: str = Field(default="", max_length=MAX_NAME_LENGTH)
     server_version: str = Field(default="", max_length=MAX_NAME_LENGTH)
+
+
+class UpstreamReport(Message):
+    """What the upstream is, for the team's inventory: sent after ``welcome`` once the upstream has
+    answered ``initialize`` (docs/inventory.md). Secrets in the command line and URL are masked by the
+    bridge (``mcpbridge.describe``); of the environment only variable names are sent, never a value.
+
+    Optional in protocol 1: an older bridge never sends it, and an older server answers it with an
+    ``invalid_message`` error that changes nothing (the connection stays open).
+    """
+
+    type: Literal["upstream"] = "upstream"
+    transport: Literal["stdio", "http"]
+    command: list[Annotated[str, Field(max_length=MAX_ARG_LENGTH)]] = Field(
+        default_factory=list, max_length=MAX_COMMAND_ARGS
+    )
+    """The stdio upstream's command and arguments, masked; empty for HTTP."""
+    url: str = Field(default="", max_length=MAX_URL_LENGTH)
+    """The HTTP upstream's URL, masked; empty for stdio."""
+    env_names: list[Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern="^[^=]+$")]] = (
+        Field(default_factory=list, max_length=MAX_ENV_NAMES)
+    )
+    """Names of the environment variables handed to a stdio upstream; never their values."""
+    server_name: str = Field(default="", max_length=MAX_NAME_LENGTH)
+    server_version: str = Field(default="", max_length=MAX_NAME_LENGTH)
+    protocol_version: str = Field(default="", max_length=40)
+    """The MCP protocol version the upstream answered ``initialize`` with."""
+    capabilities: dict[str, Any] = Field(default_factory=dict)
+    """The upstream's ``capabilities`` from ``initialize``, at most MAX_CAPABILITIES_BYTES as JSON."""
+
+    @field_validator("capabilities")
+    @classmethod
+    def _capabilities_fit(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(canonical_json(value).encode("utf-8", "surrogatepass")) > MAX_CAPABILITIES_BYTES:
+            raise ValueError(f"capabilities are larger than {MAX_CAPABILITIES_BYTES} bytes as JSON")
+        return value
 
 
 class Hello(Message):
@@ -143,7 +184,7 @@ class Status(Message):
 
 
 BridgeMessage = Annotated[
-    Hello | Tools | Call | Claim | Result | Withdraw | Status, Field(discriminator="type")
+    Hello | Tools | UpstreamReport | Call | Claim | Result | Withdraw | Status, Field(discriminator="type")
 ]
 
 
@@ -287,7 +328,9 @@ def _describe(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
-def parse_bridge_message(text: str | bytes) -> Hello | Tools | Call | Claim | Result | Withdraw | Status:
+def parse_bridge_message(
+    text: str | bytes,
+) -> Hello | Tools | UpstreamReport | Call | Claim | Result | Withdraw | Status:
     """Decode one bridge → server frame, or raise :class:`ProtocolError` naming what is wrong."""
     data = _load(text)
     ref = data.get("ref") if isinstance(data.get("ref"), str) else None

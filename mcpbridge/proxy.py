@@ -21,7 +21,7 @@ from mcp.server import Server, ServerRequestContext
 from mcp.server.lowlevel import NotificationOptions
 from mcp.server.stdio import stdio_server
 
-from mcpbridge import __version__, protocol
+from mcpbridge import __version__, describe, protocol
 from mcpbridge.link import LinkError, SignoffLink
 
 log = logging.getLogger("mcpbridge")
@@ -144,11 +144,18 @@ class Bridge:
         self.upstream_gone: str | None = None
         self._background: anyio.abc.TaskGroup | None = None
         self._reporting: set[str] = set()
+        self._hello_had_init = False
+        self._reported_to: object = None
+        """The ``welcome`` of the connection that already has the upstream report (one per connection)."""
         self.link = SignoffLink(url=config.signoff_url, token=config.token, hello=self._hello)
 
     # --- what Signoff is told ------------------------------------------------------------------------
     def _hello(self) -> protocol.Hello:
         info = self.init.server_info if self.init else None
+        # Called on every (re)connect: the new connection gets the inventory report once it is welcomed.
+        self._hello_had_init = self.init is not None
+        if self._background is not None:
+            self._background.start_soon(self.announce)
         return protocol.Hello(
             protocol=protocol.PROTOCOL_VERSION,
             bridge_version=__version__,
@@ -160,6 +167,46 @@ class Bridge:
             ),
             tools=_fit(list(self.tools.values())),
         )
+
+    def upstream_report(self) -> protocol.UpstreamReport:
+        """What the upstream is, for the team's inventory: its command line or URL with the secrets
+        masked, the names (never the values) of the environment it gets, and its ``initialize`` answer."""
+        assert self.init is not None
+        info = self.init.server_info
+        caps = self.init.capabilities.model_dump(mode="json", by_alias=True, exclude_none=True)
+        size = len(protocol.canonical_json(caps).encode())
+        if self.config.upstream_url:
+            where: dict[str, Any] = {"url": describe.mask_url(self.config.upstream_url)}
+        else:
+            where = {
+                "command": describe.mask_command(self.config.upstream_command),
+                "env_names": describe.env_names(_upstream_env()),
+            }
+        return protocol.UpstreamReport(
+            transport="http" if self.config.upstream_url else "stdio",
+            server_name=info.name[: protocol.MAX_NAME_LENGTH],
+            server_version=info.version[: protocol.MAX_NAME_LENGTH],
+            protocol_version=str(self.init.protocol_version)[:40],
+            capabilities=describe.capabilities(caps, size),
+            **where,
+        )
+
+    async def announce(self) -> None:
+        """Send the inventory report on this connection, once the upstream is initialised and Signoff has
+        welcomed us. Runs after each hello and after ``initialize``; whichever finds both done sends it.
+        If the hello went out before ``initialize`` finished, the tools go again too: the ``tools`` frame
+        sent meanwhile may have found no connection to go on."""
+        try:
+            await self.link.wait_connected(self.link.answer_timeout + 5)
+        except LinkError:
+            return  # the next connection's hello starts another announce
+        welcome = self.link.welcome
+        if self.init is None or welcome is None or welcome is self._reported_to:
+            return
+        self._reported_to = welcome
+        if not self._hello_had_init and self.tools:
+            await self.link.send(protocol.Tools(tools=_fit(list(self.tools.values()))))
+        await self.link.send(self.upstream_report())
 
     async def refresh_tools(self) -> None:
         """Read every page of the upstream's tools and tell Signoff if they changed."""
@@ -412,9 +459,8 @@ class Bridge:
     def _transport(self) -> Any:
         if self.config.upstream_url:
             return streamable_http_client(self.config.upstream_url)
-        env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
         command, *args = self.config.upstream_command
-        return stdio_client(StdioServerParameters(command=command, args=args, env=env))
+        return stdio_client(StdioServerParameters(command=command, args=args, env=_upstream_env()))
 
     async def serve(self) -> int:
         """Run until the client closes stdin (0) or the upstream goes away (1)."""
@@ -433,6 +479,7 @@ class Bridge:
                         with anyio.fail_after(30):
                             self.init = await upstream.initialize()
                         await self.refresh_tools()
+                        tasks.start_soon(self.announce)
                         server, options = self.build_server()
                         log.info(
                             "fronting %s %s (%d tools) as '%s'",
@@ -476,6 +523,11 @@ class Bridge:
 
         tasks.start_soon(relay)
         return relay_read
+
+
+def _upstream_env() -> dict[str, str]:
+    """The environment a stdio upstream gets: the bridge's own, without Signoff's token."""
+    return {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -6,6 +6,8 @@ reporting progress), ``crash`` (exits the process), ``mutate`` (changes ``echo``
 ``grow`` (adds a tool ``extra``
 and sends ``notifications/tools/list_changed``). Also one resource and one prompt.
 With ``--http PORT`` it serves streamable HTTP at ``http://127.0.0.1:PORT/mcp`` instead.
+``--server-version V`` sets the version it answers ``initialize`` with (default 1.0.0); any other
+argument (``--api-key sk-…``, for the inventory's masking tests) is accepted and ignored.
 """
 
 from __future__ import annotations
@@ -22,6 +24,14 @@ from mcp.server.lowlevel import NotificationOptions
 from mcp.server.stdio import stdio_server
 
 LOG = os.environ.get("UPSTREAM_LOG", "")
+
+
+def _option(flag: str, default: str) -> str:
+    args = sys.argv[1:]
+    return args[args.index(flag) + 1] if flag in args[:-1] else default
+
+
+VERSION = _option("--server-version", "1.0.0")
 
 TOOLS = [
     types.Tool(
@@ -140,7 +150,7 @@ async def get_prompt(
 
 server = Server(
     "signoff-test-upstream",
-    version="1.0.0",
+    version=VERSION,
     on_list_tools=list_tools,
     on_call_tool=call_tool,
     on_list_resources=list_resources,

@@ -359,6 +359,20 @@ def bridge_command(
     return [str(BIN / "mcpbridge"), "--name", name, *bridge_args, *upstream]
 
 
+def bridge_env(*, url: str, token: str, upstream_log: Path) -> dict[str, str]:
+    """The environment of a bridge process: the user's, without the servers' secrets, plus Signoff's."""
+    return {
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("DATABASE_URL", "REDIS_URL", "SECRET_KEY"))
+        },
+        "SIGNOFF_URL": url,
+        "SIGNOFF_TOKEN": token,
+        "UPSTREAM_LOG": str(upstream_log),
+    }
+
+
 @contextlib.asynccontextmanager
 async def bridge(
     tmp_path: Path,
@@ -374,16 +388,7 @@ async def bridge(
 
     upstream_log = tmp_path / f"upstream-{secrets.token_hex(3)}.jsonl"
     stderr_path = tmp_path / f"bridge-{secrets.token_hex(3)}.stderr"
-    env = {
-        **{
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("DATABASE_URL", "REDIS_URL", "SECRET_KEY"))
-        },
-        "SIGNOFF_URL": url,
-        "SIGNOFF_TOKEN": token,
-        "UPSTREAM_LOG": str(upstream_log),
-    }
+    env = bridge_env(url=url, token=token, upstream_log=upstream_log)
     if "--connect-timeout" not in bridge_args:
         # Generous on a loaded 2-core CI machine; tests about an unreachable server set their own.
         bridge_args = ("--connect-timeout", "15", *bridge_args)

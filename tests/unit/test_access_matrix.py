@@ -37,9 +37,11 @@ from approvals.models import (
     Rule,
     Team,
     ToolCall,
+    Upstream,
 )
 from approvals.services import rules as rule_services
 from approvals.services.alerts import alert_raise
+from approvals.services.inventory import sighting_of, upstream_seen
 from approvals.services.invitations import invitation_create
 from approvals.services.limits import limit_create
 from approvals.services.teams import member_add, user_get_or_create
@@ -71,6 +73,9 @@ MATRIX: dict[str, tuple[str, str]] = {
     "alerts": ("L 200 403 403 200 403", NOT_ALLOWED),
     "alert_acknowledge": (NOT_ALLOWED, "L 302 403 403 403 403"),
     "alerts_acknowledge_all": (NOT_ALLOWED, "L 302 403 403 403 403"),
+    # The inventory of upstream servers is the team's record too (who runs what from which token).
+    "inventory": ("L 200 403 403 200 403", NOT_ALLOWED),
+    "inventory_server": ("L 200 403 403 200 403", NOT_ALLOWED),
     # Auditors read: they may not issue a bridge token (which would let them run tools).
     "tokens": ("L 200 200 200 200 403", "L 200 200 200 403 403"),
     "token_revoke": (NOT_ALLOWED, "L 302 403 302 403 403"),  # the token is the member's
@@ -128,6 +133,8 @@ MFA_MATRIX: dict[str, tuple[str, str]] = {
     "alerts": ("M 403", "405 405"),
     "alert_acknowledge": ("405 405", "403 403"),
     "alerts_acknowledge_all": ("405 405", "403 403"),
+    "inventory": ("M 403", "405 405"),
+    "inventory_server": ("M 403", "405 405"),
     "tokens": ("200 200", "200 200"),  # their own tokens, and they may issue one
     "token_revoke": ("405 405", "403 403"),  # the member's token: an admin's right, not a member's
     "members": ("M 403", "403 403"),  # a reviewer is refused as before: two-factor would not change it
@@ -172,6 +179,7 @@ class World:
     alert: Alert | None = None  # open, about the member's token
     limit: RateLimit | None = None  # the team's, per token
     channel: NotificationChannel | None = None  # a signed webhook to an internal address
+    upstream: Upstream | None = None  # the server the member's bridge fronts, in the inventory
 
 
 @pytest.fixture
@@ -196,6 +204,10 @@ def world(
     invitation, secret = invitation_create(team=team_a, email="invitee@example.com", role="member", by=admin)
     # For tools nobody calls here: the tests share one cache, whose counts outlive each test's database.
     limit = limit_create(team=team_a, by=admin, scope="token", tool="list_*", window="minute", max_calls=9)
+    upstream = upstream_seen(
+        token=member_token.token,
+        info=sighting_of(upstream=protocol.UpstreamInfo(name=SERVER, transport="stdio", server_name="fs")),
+    )
     alert, _ = alert_raise(
         team=team_a, kind="new_address", key="matrix", message="matrix", token=member_token.token
     )
@@ -213,6 +225,7 @@ def world(
         channel=NotificationChannel.objects.create(
             team=team_a, kind="webhook", name="matrix", target="http://127.0.0.1:9/hook", secret="s" * 64
         ),
+        upstream=upstream,
     )
 
 
@@ -224,6 +237,7 @@ def url_for(name: str, w: World) -> str:
     objects.update(limit_id=w.limit.pk if w.limit else 0)
     objects.update(alert_id=w.alert.pk if w.alert else 0)
     objects.update(channel_id=w.channel.pk if w.channel else 0)
+    objects.update(upstream_id=w.upstream.pk if w.upstream else 0)
     kwargs = {key: objects.get(key, w.rule.pk) for key in pattern.pattern.converters}
     return reverse(f"approvals:{name}", kwargs=kwargs) + ("" if kwargs else "?team=alpha")
 
