@@ -177,10 +177,22 @@ def call_submit(
             ) is not None:
                 verdict = policy.Verdict("deny", hit.reason)
             else:
-                ruleset = team_ruleset(team.pk, version=row["team__rules_version"])
-                verdict = ruleset.evaluate(
+                rules = team_ruleset(team.pk, version=row["team__rules_version"])
+                verdict = rules.ruleset.evaluate(
                     server=server, tool=tool, arguments=arguments, mode=row["team__mode"], now=now
                 )
+                if (
+                    verdict.outcome == "allow"
+                    and row["team__four_eyes"]
+                    and verdict.rule_id is not None
+                    and rules.creators.get(verdict.rule_id) == token.user_id
+                ):
+                    # Four eyes: a rule is its creator's approval, and nobody approves their own call.
+                    verdict = policy.Verdict(
+                        "review",
+                        f"held: four eyes: rule #{verdict.rule_id}, which would allow it, was created by the "
+                        "requester; another reviewer must approve",
+                    )
                 risks = [
                     {"kind": f.kind, "severity": f.severity, "pointer": f.pointer, "message": f.message}
                     for f in findings
@@ -288,11 +300,19 @@ def _annotation_risks(annotations: dict[str, Any]) -> list[dict[str, str]]:
     return risks
 
 
-_RULESETS: dict[int, tuple[int, policy.RuleSet]] = {}
+@dataclass(frozen=True)
+class TeamRules:
+    """A team's compiled rules, who created each (with four eyes, no rule approves its creator's calls)."""
+
+    ruleset: policy.RuleSet
+    creators: dict[int, int | None]
+
+
+_RULESETS: dict[int, tuple[int, TeamRules]] = {}
 """Per process: each team's compiled rules, with the ``rules_version`` they were built at."""
 
 
-def team_ruleset(team_id: int, *, version: int) -> policy.RuleSet:
+def team_ruleset(team_id: int, *, version: int) -> TeamRules:
     """The team's enabled rules, compiled, in creation order; rebuilt when ``version`` moved.
 
     A rule that no longer parses denies every call it could match (fail closed), so a broken rule never
@@ -301,10 +321,13 @@ def team_ruleset(team_id: int, *, version: int) -> policy.RuleSet:
     cached = _RULESETS.get(team_id)
     if cached is not None and cached[0] == version:
         return cached[1]
-    specs = [rule_spec(rule) for rule in Rule.objects.filter(team_id=team_id, enabled=True).order_by("id")]
-    ruleset = policy.compile_rules(specs)
-    _RULESETS[team_id] = (version, ruleset)
-    return ruleset
+    rules = list(Rule.objects.filter(team_id=team_id, enabled=True).order_by("id"))
+    compiled = TeamRules(
+        ruleset=policy.compile_rules([rule_spec(rule) for rule in rules]),
+        creators={rule.pk: rule.created_by_id for rule in rules},
+    )
+    _RULESETS[team_id] = (version, compiled)
+    return compiled
 
 
 def _claim(call: ToolCall, *, now: Any) -> bool:

@@ -340,6 +340,27 @@ def test_four_eyes_lets_another_reviewer_allow_it(four_eyes: Team, own_call: Too
     assert call.state == ToolCall.State.ALLOWED and call.decided_by == admin
 
 
+@pytest.mark.parametrize("four_eyes_on", [True, False], ids=["four-eyes", "without"])
+def test_a_rule_does_not_approve_its_creators_own_calls_under_four_eyes(
+    team_a: Team, reviewer: Any, member_token: Issued, submit: Callable, four_eyes_on: bool
+) -> None:
+    """A rule is its creator's approval: under four eyes it allows everyone's calls but the creator's own."""
+    from approvals.services.rules import rule_create
+
+    Team.objects.filter(pk=team_a.pk).update(four_eyes=four_eyes_on)
+    rule = rule_create(team=team_a, by=reviewer, effect="allow", server=SERVER, tool="read_file")
+    own_token, _ = token_issue(team=team_a, user=reviewer, name="rita-laptop")
+    own = submit(own_token).call
+    others = submit(member_token.token).call
+    assert others.state == ToolCall.State.ALLOWED and others.rule_id == rule.pk
+    if four_eyes_on:
+        assert own.state == ToolCall.State.PENDING
+        assert own.reason.startswith(f"held: four eyes: rule #{rule.pk}")
+        assert own.rule_id is None
+    else:
+        assert own.state == ToolCall.State.ALLOWED and own.rule_id == rule.pk
+
+
 def test_the_form_fallback_explains_the_four_eyes_refusal(
     four_eyes: Team, own_call: ToolCall, reviewer: Any
 ) -> None:
