@@ -50,7 +50,7 @@ class LimitForm(forms.Form):
         widget=forms.TextInput(attrs={**NAME_WIDGET, "placeholder": "*"}),
     )
     note = forms.CharField(
-        max_length=limit_services.MAX_NOTE_CHARS, required=False, widget=forms.TextInput(attrs={"size": 60})
+        max_length=rule_services.MAX_NOTE_CHARS, required=False, widget=forms.TextInput(attrs={"size": 60})
     )
     enabled = forms.BooleanField(required=False, initial=True)
 

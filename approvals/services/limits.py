@@ -36,7 +36,7 @@ from approvals import metrics
 from approvals.models import BridgeToken, RateLimit, Team, ToolCall, ToolPin, new_rules_version
 from approvals.services.alerts import alert_raise
 from approvals.services.audit import audit_record
-from approvals.services.rules import name_error
+from approvals.services.rules import name_error, note_error
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,6 @@ MAX_LIMITS_PER_TEAM: Final = 100
 """Each limit costs two cache round trips on every call it matches: keep the list short."""
 MAX_CALLS: Final = 1_000_000_000
 """``RateLimit.server`` and ``RateLimit.tool`` hold this many characters (as rules' do)."""
-MAX_NOTE_CHARS: Final = 500
 KEY_GRACE_SECONDS: Final = 10
 """A counter outlives its window by this much: it never expires between the ``add`` and the ``incr``."""
 UNAVAILABLE_REASON: Final = (
@@ -113,12 +112,8 @@ def limit_validate(
         errors["max_calls"] = "must be a whole number of calls"
     elif not 1 <= max_calls <= MAX_CALLS:
         errors["max_calls"] = f"must be between 1 and {MAX_CALLS:,} (disable the limit to stop counting)"
-    if not isinstance(note, str):
-        errors["note"] = "must be text"
-    elif len(note) > MAX_NOTE_CHARS:
-        errors["note"] = f"at most {MAX_NOTE_CHARS} characters"
-    elif "\x00" in note:
-        errors["note"] = "no NUL character"
+    if (problem := note_error(note)) is not None:
+        errors["note"] = problem
     if not isinstance(enabled, bool):
         errors["enabled"] = "must be true or false"
     if errors:

@@ -68,6 +68,17 @@ class RuleValues:
         }
 
 
+def note_error(note: Any) -> str | None:
+    """What is wrong with a free-text note, or None. Rules and limits share it."""
+    if not isinstance(note, str):
+        return "must be text"
+    if len(note) > MAX_NOTE_CHARS:
+        return f"at most {MAX_NOTE_CHARS} characters"
+    if "\x00" in note:
+        return "no NUL character"
+    return None
+
+
 def name_error(value: Any, what: str) -> str | None:
     """What is wrong with a server or tool name (a name or a glob), or None. Rules and limits share it."""
     if not isinstance(value, str) or not value.strip():
@@ -108,12 +119,8 @@ def rule_validate(
     except policy.PolicyError as error:
         errors["constraints"] = error.message
         at = (error.index, error.field)
-    if not isinstance(note, str):
-        errors["note"] = "must be text"
-    elif len(note) > MAX_NOTE_CHARS:
-        errors["note"] = f"at most {MAX_NOTE_CHARS} characters"
-    elif "\x00" in note:
-        errors["note"] = "no NUL character"
+    if (problem := note_error(note)) is not None:
+        errors["note"] = problem
     if not isinstance(enabled, bool):
         errors["enabled"] = "must be true or false"
     if expires_at is not None and (not isinstance(expires_at, datetime) or timezone.is_naive(expires_at)):

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -401,6 +402,36 @@ async def bridge(
         ):
             await session.initialize()
             yield Bridge(session, upstream_log, stderr_path)
+
+
+class Outcome:
+    """The answer to a tool call made in the background."""
+
+    def __init__(self) -> None:
+        self.result: Any = None
+        self.done = anyio.Event()
+
+    async def wait(self, timeout: float = 30.0) -> Any:
+        with anyio.fail_after(timeout):
+            await self.done.wait()
+        return self.result
+
+
+def start_call(tasks: Any, b: Bridge, tool: str, arguments: dict[str, Any]) -> Outcome:
+    """Call the tool in the background (a reviewer decides meanwhile); the answer lands in the Outcome."""
+    outcome = Outcome()
+
+    async def call() -> None:
+        outcome.result = await b.session.call_tool(tool, arguments)
+        outcome.done.set()
+
+    tasks.start_soon(call)
+    return outcome
+
+
+def left_queue(call_id: str) -> Any:
+    """A reviewer page's message saying the call is no longer pending."""
+    return lambda m: m["type"] == "call" and m["call"]["id"] == call_id and m["call"]["state"] != "pending"
 
 
 def text_of(result: Any) -> str:

@@ -50,10 +50,12 @@ from tests.e2e.conftest import (
     bridge_env,
     child_env,
     free_port,
+    left_queue,
     make_team,
     reported,
     reviewer_socket,
     running_server,
+    start_call,
     text_of,
 )
 
@@ -61,33 +63,6 @@ REDIS_SERVER = "/usr/bin/redis-server"
 
 
 # --- helpers ------------------------------------------------------------------------------------------
-class Outcome:
-    """The answer to a tool call made in the background."""
-
-    def __init__(self) -> None:
-        self.result: Any = None
-        self.done = anyio.Event()
-
-    async def wait(self, timeout: float = 30.0) -> Any:
-        with anyio.fail_after(timeout):
-            await self.done.wait()
-        return self.result
-
-
-def start_call(tasks: Any, b: Bridge, tool: str, arguments: dict[str, Any]) -> Outcome:
-    outcome = Outcome()
-
-    async def call() -> None:
-        outcome.result = await b.session.call_tool(tool, arguments)
-        outcome.done.set()
-
-    tasks.start_soon(call)
-    return outcome
-
-
-def left_queue(call_id: str) -> Any:
-    """A reviewer page's message saying the call is no longer pending."""
-    return lambda m: m["type"] == "call" and m["call"]["id"] == call_id and m["call"]["state"] != "pending"
 
 
 def assert_ran_only_with_an_allow_on_record(team: TeamSetup, b: Bridge) -> None:

@@ -13,49 +13,19 @@ then check the same guarantees within that process.
 
 from __future__ import annotations
 
-from typing import Any
-
 import anyio
 
 from approvals.models import Rule, ToolCall
 from tests.e2e.conftest import (
-    Bridge,
     SignoffServer,
     TeamSetup,
     bridge,
+    left_queue,
     reported,
     reviewer_socket,
+    start_call,
     text_of,
 )
-
-
-class Outcome:
-    """The answer to a tool call made in the background."""
-
-    def __init__(self) -> None:
-        self.result: Any = None
-        self.done = anyio.Event()
-
-    async def wait(self, timeout: float = 30.0) -> Any:
-        with anyio.fail_after(timeout):
-            await self.done.wait()
-        return self.result
-
-
-def start_call(tasks: Any, b: Bridge, tool: str, arguments: dict[str, Any]) -> Outcome:
-    outcome = Outcome()
-
-    async def call() -> None:
-        outcome.result = await b.session.call_tool(tool, arguments)
-        outcome.done.set()
-
-    tasks.start_soon(call)
-    return outcome
-
-
-def left_queue(call_id: str) -> Any:
-    """A reviewer page's message saying the call is no longer pending."""
-    return lambda m: m["type"] == "call" and m["call"]["id"] == call_id and m["call"]["state"] != "pending"
 
 
 async def test_a_call_held_on_one_process_is_decided_on_another_and_runs_once(
