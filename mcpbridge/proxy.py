@@ -144,7 +144,10 @@ class Bridge:
         self.upstream_gone: str | None = None
         self._background: anyio.abc.TaskGroup | None = None
         self._reporting: set[str] = set()
-        self._hello_had_init = False
+        self._client_gone = False
+        """The client closed stdin: the upstream's stream ending after that is the bridge closing it."""
+        self._told_tools: dict[str, protocol.ToolInfo] = {}
+        """The tools the current connection was last told (in its hello or a ``tools`` frame)."""
         self._reported_to: object = None
         """The ``welcome`` of the connection that already has the upstream report (one per connection)."""
         self.link = SignoffLink(url=config.signoff_url, token=config.token, hello=self._hello)
@@ -152,8 +155,9 @@ class Bridge:
     # --- what Signoff is told ------------------------------------------------------------------------
     def _hello(self) -> protocol.Hello:
         info = self.init.server_info if self.init else None
-        # Called on every (re)connect: the new connection gets the inventory report once it is welcomed.
-        self._hello_had_init = self.init is not None
+        # Called on every (re)connect: once welcomed, the new connection gets the inventory report, and the
+        # tools again if they were read while the hello waited for its welcome (no frame can go then).
+        self._told_tools = dict(self.tools)
         if self._background is not None:
             self._background.start_soon(self.announce)
         return protocol.Hello(
@@ -192,21 +196,26 @@ class Bridge:
         )
 
     async def announce(self) -> None:
-        """Send the inventory report on this connection, once the upstream is initialised and Signoff has
-        welcomed us. Runs after each hello and after ``initialize``; whichever finds both done sends it.
-        If the hello went out before ``initialize`` finished, the tools go again too: the ``tools`` frame
-        sent meanwhile may have found no connection to go on."""
+        """Bring this connection up to date once Signoff has welcomed us: the tools, if they changed since
+        the hello was written, and the inventory report once the upstream is initialised. Runs after each
+        hello and after the upstream's tools are first read; whichever finds a step due does it."""
         try:
             await self.link.wait_connected(self.link.answer_timeout + 5)
         except LinkError:
             return  # the next connection's hello starts another announce
+        if self.tools != self._told_tools:
+            await self._tell_tools()
         welcome = self.link.welcome
         if self.init is None or welcome is None or welcome is self._reported_to:
             return
         self._reported_to = welcome
-        if not self._hello_had_init and self.tools:
-            await self.link.send(protocol.Tools(tools=_fit(list(self.tools.values()))))
         await self.link.send(self.upstream_report())
+
+    async def _tell_tools(self) -> None:
+        """Send the current tools; remembered as told only if a connection took the frame."""
+        tools = dict(self.tools)
+        if await self.link.send(protocol.Tools(tools=_fit(list(tools.values())))):
+            self._told_tools = tools
 
     async def refresh_tools(self) -> None:
         """Read every page of the upstream's tools and tell Signoff if they changed."""
@@ -226,7 +235,7 @@ class Bridge:
                 break
         if tools != self.tools:
             self.tools = tools
-            await self.link.send(protocol.Tools(tools=_fit(list(tools.values()))))
+            await self._tell_tools()
 
     # --- the gate ----------------------------------------------------------------------------------
     async def call_tool(
@@ -492,6 +501,7 @@ class Bridge:
                             await server.run(
                                 client_read, client_write, server.create_initialization_options(options)
                             )
+                        self._client_gone = True  # closing the upstream now is ours, not its exit
                     session_tasks.cancel_scope.cancel()
             except Exception as exc:
                 if not self.upstream_gone:
@@ -516,6 +526,8 @@ class Bridge:
             async with relay_send:
                 async for message in read:
                     await relay_send.send(message)
+            if self._client_gone:
+                return
             self.upstream_gone = f"the upstream MCP server ({what}) exited"
             log.error("%s; mcpbridge stops too. Check the server's own messages above.", self.upstream_gone)
             await anyio.sleep(1.0)  # let the answers to calls in flight reach the client

@@ -135,6 +135,8 @@ async def test_streamable_http_upstream(signoff: SignoffServer, team: TeamSetup,
             await reviewer.decide(held["id"], "allow")
         assert text_of(outcome["result"]) == "over http"
         assert len(log.read_text().splitlines()) == 1
+        # The client hung up, the upstream did not: the bridge must not blame it.
+        assert "exited" not in b.stderr()
     finally:
         upstream.terminate()
         upstream.wait(10)
