@@ -59,6 +59,15 @@ class Team(models.Model):
         default=90,
         help_text="Clear call arguments and results after this many days (0: keep). The audit chain stays.",
     )
+    require_reviewed_servers = models.BooleanField(
+        default=False,
+        help_text="Bridges may front only servers whose security checklist an admin approved.",
+    )
+    allowed_networks = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Client address ranges (CIDR) the team's bridges may connect from; empty means any.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:
@@ -108,6 +117,11 @@ class BridgeToken(models.Model):
     )
     seen_addresses = models.JSONField(
         default=list, blank=True, help_text="Client addresses this token connected from (the latest few)."
+    )
+    allowed_networks = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Client address ranges (CIDR) this token may connect from; empty means the team's.",
     )
 
     def __str__(self) -> str:
@@ -521,3 +535,33 @@ class UpstreamChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.upstream} changed at {self.at:%Y-%m-%d %H:%M}"
+
+
+class ServerReview(models.Model):
+    """A team admin's answers to the security checklist for one upstream server: a sign-off, appended,
+    never edited (the newest is the server's current status). ``approved`` is the admin's verdict; the
+    review covers the command line or URL it was given for (``reviewed``), and a server reported with
+    another one needs a new review."""
+
+    upstream = models.ForeignKey(Upstream, on_delete=models.CASCADE, related_name="reviews")
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    at = models.DateTimeField(default=timezone.now)
+    answers = models.JSONField(
+        default=dict, help_text='{question key: {"answer": "yes" | "no" | "n/a", "note": "…"}}'
+    )
+    approved = models.BooleanField(default=False)
+    note = models.TextField(blank=True, max_length=2000)
+    reviewed = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="What was reviewed: the server's transport, command or URL, and version at the time.",
+    )
+
+    class Meta:
+        indexes: ClassVar = [models.Index(fields=["upstream", "-at"], name="server_review_newest")]
+
+    def __str__(self) -> str:
+        verdict = "approved" if self.approved else "not approved"
+        return f"{self.upstream} {verdict} at {self.at:%Y-%m-%d %H:%M}"
