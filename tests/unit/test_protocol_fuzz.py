@@ -260,7 +260,9 @@ async def play(steps: list[Step], token: Issued, reviewer: Any, foreign: str) ->
         for step in steps:
             if run.closed is not None:
                 break
-            await _step(run, step, reviewer, foreign)
+            ref = await _step(run, step, reviewer, foreign)
+            if ref is not None:  # its answer first: on a loaded machine it may take longer than a pause
+                await drain(run, until_ref=ref)
             await drain(run)
         if run.closed is None:
             # The socket still works: a last request is answered.
@@ -276,7 +278,8 @@ async def play(steps: list[Step], token: Issued, reviewer: Any, foreign: str) ->
     return run
 
 
-async def _step(run: Run, step: Step, reviewer: Any, foreign: str) -> None:
+async def _step(run: Run, step: Step, reviewer: Any, foreign: str) -> str | None:
+    """Send one step's frame (or decide as the reviewer); the ``ref`` of the request sent, if any."""
     send: Send | None = None
     ref = run.next_ref()
     if step.kind == "frame":
@@ -306,13 +309,14 @@ async def _step(run: Run, step: Step, reviewer: Any, foreign: str) -> None:
         call_id = pick_id(run, step.pick, foreign)
         if call_id in run.mine:
             await database_sync_to_async(_decide)(call_id, reviewer, bool(step.payload))
-        return
+        return None
     assert send is not None
     # send_input rather than send_to, which refuses an empty frame (a client may send one).
     kind = "bytes" if isinstance(send.frame, bytes) else "text"
     await run.socket.send_input({"type": "websocket.receive", kind: send.frame})
     if send.ref is not None:
         run.refs_sent.append(send.ref)
+    return send.ref
 
 
 def _decide(call_id: str, reviewer: Any, allow: bool) -> None:
