@@ -269,38 +269,14 @@ def _schema_findings(arguments: Mapping[str, Any], schema: Any) -> list[Finding]
         return []
     if not isinstance(schema, Mapping):
         return [_schema_warning(f"is {json_kind(schema)}, not a JSON Schema object")]
-    findings: list[Finding] = []
-    cls: Any = validator_for(schema, default=jsonschema.Draft202012Validator)
-    if "$schema" in schema and validator_for(schema, default=None) is None:
-        findings.append(
-            Finding(
-                "schema",
-                "warn",
-                "",
-                f"the tool's inputSchema names an unknown $schema {shorten(repr(schema['$schema']), 80)}; "
-                "it was checked as JSON Schema 2020-12",
-            )
-        )
     try:
-        cls.check_schema(schema)
-    except jsonschema.SchemaError as error:
-        return [*findings, _schema_warning(f"is not a valid JSON Schema ({shorten(error.message, 120)})")]
-    unsafe, pattern_properties, unevaluated = _regex_problems(schema)
-    if pattern_properties and (unevaluated or unsafe):
-        return [
-            *findings,
-            _schema_warning("uses patternProperties that cannot be checked in bounded time here"),
-        ]
-    if unsafe:
-        findings.append(
-            _schema_warning(
-                "has regular expressions that cannot be run in bounded time "
-                f"({shorten(repr(unsafe[0]), 80)}); "
-                "values were not checked against them",
-                checked=True,
-            )
-        )
-    validator = _safe_validator(cls)(schema, registry=referencing.Registry())
+        key = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return [_schema_warning("is not JSON")]
+    validator, notes = _prepared_schema(key)
+    findings = list(notes)
+    if validator is None:
+        return findings
     try:
         errors = list(validator.iter_errors(arguments))
     except Exception as error:  # an upstream's schema must never crash the gate
@@ -322,6 +298,49 @@ def _schema_findings(arguments: Mapping[str, Any], schema: Any) -> list[Finding]
             Finding("schema", "block", "", f"and {more} more schema errors"),
         ]
     return [*blocks, *findings]
+
+
+@functools.lru_cache(maxsize=256)
+def _prepared_schema(key: str) -> tuple[Any, tuple[Finding, ...]]:
+    """A tool's inputSchema (as canonical JSON) checked and compiled once: the validator, or None when the
+    arguments cannot be checked against it, and the reviewer's warnings about the schema itself. A
+    bridge sends the same few schemas with every call: checking them each time cost more than the call."""
+    schema = json.loads(key)
+    findings: list[Finding] = []
+    cls: Any = validator_for(schema, default=jsonschema.Draft202012Validator)
+    if "$schema" in schema and validator_for(schema, default=None) is None:
+        findings.append(
+            Finding(
+                "schema",
+                "warn",
+                "",
+                f"the tool's inputSchema names an unknown $schema {shorten(repr(schema['$schema']), 80)}; "
+                "it was checked as JSON Schema 2020-12",
+            )
+        )
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as error:
+        return None, (
+            *findings,
+            _schema_warning(f"is not a valid JSON Schema ({shorten(error.message, 120)})"),
+        )
+    unsafe, pattern_properties, unevaluated = _regex_problems(schema)
+    if pattern_properties and (unevaluated or unsafe):
+        return None, (
+            *findings,
+            _schema_warning("uses patternProperties that cannot be checked in bounded time here"),
+        )
+    if unsafe:
+        findings.append(
+            _schema_warning(
+                "has regular expressions that cannot be run in bounded time "
+                f"({shorten(repr(unsafe[0]), 80)}); "
+                "values were not checked against them",
+                checked=True,
+            )
+        )
+    return _safe_validator(cls)(schema, registry=referencing.Registry()), tuple(findings)
 
 
 def _schema_warning(what: str, *, checked: bool = False) -> Finding:

@@ -3,11 +3,13 @@
 Paths, each driven by the `mcp` SDK's ClientSession over stdio against the same upstream tool:
   direct     client → upstream
   sketch     client → bare SDK stdio proxy (shared/reference/bridge_sketch.py) → upstream
+  fastmcp    client → FastMCP's create_proxy (bench/fastmcp_proxy.py) → upstream, with --fastmcp-python
   mcpbridge  client → mcpbridge → upstream, the call auto-allowed by a rule and audited by a real Daphne
 
-Rounds alternate between the paths so that drift on the machine hits all of them alike.
+Rounds alternate between the paths so that drift on the machine hits all of them alike. Daphne runs on the
+embedded default (SQLite), or on PostgreSQL + Redis when DATABASE_URL and REDIS_URL are set.
 
-    .venv/bin/python bench/latency.py [--calls 200] [--rounds 3]
+    .venv/bin/python bench/latency.py [--calls 200] [--rounds 3] [--fastmcp-python /tmp/fmvenv/bin/python]
 """
 
 from __future__ import annotations
@@ -42,12 +44,8 @@ def percentile(values: list[float], q: float) -> float:
 def start_signoff(state: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     """A Daphne on the embedded default, with a team whose rule allows every call of the bench server."""
     env = {**os.environ, "SIGNOFF_STATE_DIR": str(state), "SECRET_KEY": secrets.token_urlsafe(40)}
-    env.pop("DATABASE_URL", None)
-    env.pop("REDIS_URL", None)
     env["SIGNOFF_LOG_LEVEL"] = "WARNING"
     os.environ.update({k: env[k] for k in ("SIGNOFF_STATE_DIR", "SECRET_KEY")})
-    os.environ.pop("DATABASE_URL", None)
-    os.environ.pop("REDIS_URL", None)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     sys.path.insert(0, str(ROOT))
     import django
@@ -65,6 +63,9 @@ def start_signoff(state: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     member_add(team=team, user=user, role="admin")
     _, raw = token_issue(team=team, user=user, name="bench")
     Rule.objects.create(team=team, effect="allow", server="bench", tool="*")
+    from django.db import connections
+
+    connections.close_all()  # the bench's own connection must not hold SQLite's lock or a PG session
 
     import socket
 
@@ -117,13 +118,22 @@ async def timed(session: Any, calls: int, what: str) -> list[float]:
     return samples
 
 
-async def run(calls: int, rounds: int, daphne: subprocess.Popen[bytes], url: str, token: str) -> None:
+async def run(
+    calls: int,
+    rounds: int,
+    daphne: subprocess.Popen[bytes],
+    url: str,
+    token: str,
+    fastmcp_python: str | None,
+) -> None:
     env = {**os.environ, "SIGNOFF_URL": url, "SIGNOFF_TOKEN": token}
     paths: dict[str, list[str]] = {"direct": UPSTREAM}
     if SKETCH.exists():
         paths["sketch"] = [PYTHON, str(SKETCH), *UPSTREAM]
     else:
         print(f"(no {SKETCH}: the bare-proxy baseline is left out)")
+    if fastmcp_python:
+        paths["fastmcp"] = [fastmcp_python, str(ROOT / "bench" / "fastmcp_proxy.py"), *UPSTREAM]
     bridge = [str(BIN / "mcpbridge"), "--name", "bench", "--log-level", "WARNING"]
     paths["mcpbridge"] = [*bridge, "--", *UPSTREAM]
     results: dict[tuple[str, str], list[float]] = {}
@@ -163,8 +173,13 @@ async def run(calls: int, rounds: int, daphne: subprocess.Popen[bytes], url: str
             )
             print(
                 f"\nadded latency, mcpbridge / bare proxy: p50 {b50 / s50:.2f}x, p99 {b99 / s99:.2f}x; "
-                f"total latency ratio (p50) {total_ratio:.2f}x\n"
+                f"total latency ratio (p50) {total_ratio:.2f}x"
             )
+        if "fastmcp" in paths:
+            f50 = percentile(results[("fastmcp", what)], 0.5) - d50
+            b50 = percentile(results[("mcpbridge", what)], 0.5) - d50
+            print(f"added latency, mcpbridge / FastMCP create_proxy: p50 {b50 / f50:.2f}x")
+        print()
 
 
 def main() -> None:
@@ -173,9 +188,13 @@ def main() -> None:
     )
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--fastmcp-python", help="an interpreter with the fastmcp package: adds FastMCP's create_proxy"
+    )
     args = parser.parse_args()
+    print(f"database: {'PostgreSQL + Redis' if os.environ.get('DATABASE_URL') else 'embedded (SQLite)'}")
     daphne, url, token = start_signoff(Path(tempfile.mkdtemp(prefix="signoff-bench-")))
-    anyio.run(run, args.calls, args.rounds, daphne, url, token)
+    anyio.run(run, args.calls, args.rounds, daphne, url, token, args.fastmcp_python)
 
 
 if __name__ == "__main__":

@@ -102,6 +102,9 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": env_str("SIGNOFF_SQLITE_PATH", str(STATE_DIR / "signoff.sqlite3")),
+            # Kept open between frames: each websocket frame's database work would otherwise reconnect
+            # and re-run the set-up below, which cost more than the frame's own queries.
+            "CONN_MAX_AGE": 60,
             "OPTIONS": {
                 # Several threads (and the test process) write: wait for the lock instead of failing,
                 # take the write lock up front, and let readers proceed during writes.
@@ -273,8 +276,8 @@ X_FRAME_OPTIONS = "DENY"
 SIGNOFF_WS_BRIDGE_MAX_FRAME_BYTES = env_int("SIGNOFF_WS_BRIDGE_MAX_FRAME_BYTES", 1024 * 1024)
 SIGNOFF_WS_REVIEW_MAX_FRAME_BYTES = env_int("SIGNOFF_WS_REVIEW_MAX_FRAME_BYTES", 16 * 1024)
 # Messages a second and burst (token bucket); over it: rate_limited; a burst's worth refused in a row: closed.
-SIGNOFF_WS_BRIDGE_RATE = env_float("SIGNOFF_WS_BRIDGE_RATE", 50.0)
-SIGNOFF_WS_BRIDGE_BURST = env_int("SIGNOFF_WS_BRIDGE_BURST", 100)
+SIGNOFF_WS_BRIDGE_RATE = env_float("SIGNOFF_WS_BRIDGE_RATE", 200.0)
+SIGNOFF_WS_BRIDGE_BURST = env_int("SIGNOFF_WS_BRIDGE_BURST", 400)
 SIGNOFF_WS_REVIEW_RATE = env_float("SIGNOFF_WS_REVIEW_RATE", 10.0)
 SIGNOFF_WS_REVIEW_BURST = env_int("SIGNOFF_WS_REVIEW_BURST", 20)
 

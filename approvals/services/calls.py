@@ -62,12 +62,15 @@ def _with_relations() -> QuerySet[ToolCall]:
     return ToolCall.objects.select_related("team", "token", "requester", "decided_by")
 
 
-def _load(call_id: str, **filters: Any) -> ToolCall:
+def _call_key(call_id: str) -> uuid.UUID:
     try:
-        key = uuid.UUID(call_id)
+        return uuid.UUID(call_id)
     except (ValueError, TypeError, AttributeError):
         raise CallNotFound(call_id) from None
-    call = _with_relations().filter(pk=key, **filters).first()
+
+
+def _load(call_id: str, **filters: Any) -> ToolCall:
+    call = _with_relations().filter(pk=_call_key(call_id), **filters).first()
     if call is None:
         raise CallNotFound(call_id)
     return call
@@ -125,10 +128,9 @@ def call_submit(
         team.alert_denials_per_10_minutes = row["team__alert_denials_per_10_minutes"]
         # Defence in depth: the bridge was refused at its hello, but the scope may have changed since.
         in_scope = server_in_scope(row["servers"] or [], server)
-        # Lock the call row only: decided_by is a nullable (outer) join, which PostgreSQL cannot lock.
-        existing = (
-            ToolCall.objects.select_for_update(of=("self",))
-            .select_related("team", "token", "requester", "decided_by")
+        # Lock the call row only, and read its id alone: nearly every call is new, and this runs for each.
+        existing_id = (
+            ToolCall.objects.select_for_update()
             .filter(
                 token=token,
                 server=server,
@@ -141,9 +143,11 @@ def call_submit(
                 deadline__gt=now,
             )
             .order_by("created_at")
+            .values_list("pk", flat=True)
             .first()
         )
-        if existing is not None and in_scope:  # out of scope, even a call held before is not run
+        if existing_id is not None and in_scope:  # out of scope, even a call held before is not run
+            existing = _with_relations().get(pk=existing_id)
             run = existing.state == State.ALLOWED and _claim(existing, now=now)
             return Submitted(existing, run=run, reattached=True)
 
@@ -363,15 +367,20 @@ def call_report_result(
 ) -> ToolCall:
     """Record what the upstream answered to a call the bridge ran."""
     now = timezone.now()
+    key = _call_key(call_id)
+    state = State.FAILED if is_error else State.COMPLETED
     with transaction.atomic():
-        call = _load(call_id, token=token)
-        state = State.FAILED if is_error else State.COMPLETED
-        changed = ToolCall.objects.filter(pk=call.pk, state=State.ALLOWED, started_at__isnull=False).update(
-            state=state, finished_at=now, result_summary=summary[:2000], duration_ms=duration_ms
-        )
+        # Update first, read once: this runs after every call a bridge ran, so it is kept to one read.
+        changed = ToolCall.objects.filter(
+            pk=key, token=token, state=State.ALLOWED, started_at__isnull=False
+        ).update(state=state, finished_at=now, result_summary=summary[:2000], duration_ms=duration_ms)
+        # The answer reads only who decided; the team and token are the reporting token's own.
+        call = ToolCall.objects.select_related("decided_by").filter(pk=key, token=token).first()
+        if call is None:
+            raise CallNotFound(call_id)
+        call.token, call.team = token, token.team
         if not changed:
             raise CallAlreadyDecided(call)
-        call.refresh_from_db(from_queryset=_with_relations())
         audit_record(
             kind=f"call.{state}",
             team=call.team,
