@@ -13,7 +13,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from approvals import access, guards, metrics, policy, realtime, scopes
@@ -355,6 +355,14 @@ def call_claim(*, token: BridgeToken, call_id: str) -> tuple[ToolCall, bool]:
         call = _load(call_id, token=token)
         if call.state != State.ALLOWED or call.started_at is not None:
             return call, False
+        # As at submit: the token must still be usable; it may have expired since the call was allowed.
+        usable = (
+            BridgeToken.objects.filter(pk=token.pk, revoked_at__isnull=True, user__is_active=True)
+            .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+            .exists()
+        )
+        if not usable:
+            raise TokenUnusable()
         if call.deadline <= now:
             _expire(call, now=now)
             call.refresh_from_db(from_queryset=_with_relations())

@@ -12,7 +12,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import connection, connections
 from django.utils import timezone
 
-from approvals.models import AuditEvent, Rule, Team, ToolCall
+from approvals.models import AuditEvent, BridgeToken, Rule, Team, ToolCall
 from approvals.services.calls import (
     CallAlreadyDecided,
     CallNotFound,
@@ -351,6 +351,17 @@ def test_claim_succeeds_exactly_once(member_token, submit, reviewer, audit_kinds
     _, run_again = call_claim(token=member_token.token, call_id=str(held.pk))
     assert run_again is False
     assert audit_kinds(held) == ["call.pending", "call.allowed", "call.started"]
+
+
+def test_an_allowed_call_is_not_claimed_once_its_token_expired(member_token, submit, reviewer) -> None:
+    held = submit(member_token.token).call
+    _decide(held, reviewer)
+    BridgeToken.objects.filter(pk=member_token.token.pk).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    with pytest.raises(TokenUnusable):
+        call_claim(token=member_token.token, call_id=str(held.pk))
+    assert ToolCall.objects.get(pk=held.pk).started_at is None
 
 
 def test_a_held_call_cannot_be_claimed(member_token, submit) -> None:
