@@ -148,14 +148,15 @@ class BridgeConsumer(AsyncWebsocketConsumer):
             await self._inventory()
         elif isinstance(message, protocol.Call):
             assert self.upstream is not None
+            tool_hash, input_schema, annotations = self._called(message)
             submitted = await database_sync_to_async(call_services.call_submit)(
                 token=token,
                 server=self.upstream.name,
                 tool=message.tool,
                 arguments=message.arguments,
-                tool_hash=tool.hash if (tool := self.tools.get(message.tool)) else None,
-                input_schema=tool.input_schema if tool else None,
-                annotations=tool.annotations if tool else None,
+                tool_hash=tool_hash,
+                input_schema=input_schema,
+                annotations=annotations,
                 timeout=message.timeout,
             )
             log_bind(call_id=submitted.call.pk)
@@ -184,6 +185,19 @@ class BridgeConsumer(AsyncWebsocketConsumer):
                 token=token, call_ids=message.call_ids
             ):
                 await self._send(realtime.decision_for(call))
+
+    def _called(self, call: protocol.Call) -> tuple[str | None, dict[str, Any] | None, dict[str, Any] | None]:
+        """The hash, input schema and annotations of what a call names; no hash when there is no such tool.
+
+        A resource read or prompt is decided as its pseudo-tool; an upstream tool may not borrow their names.
+        """
+        gated = protocol.GATED_REQUESTS.get(call.kind)
+        if gated is not None and call.tool == gated.name:
+            return gated.hash, gated.input_schema, gated.annotations
+        tool = self.tools.get(call.tool) if gated is None else None
+        if tool is None or protocol.reserved_name(tool.name):
+            return None, None, None
+        return tool.hash, tool.input_schema, tool.annotations
 
     async def _hello(self, hello: protocol.Hello) -> None:
         assert self.token is not None

@@ -133,14 +133,20 @@ class Tools(Message):
     tools: list[ToolInfo] = Field(max_length=MAX_TOOLS)
 
 
+CallKind = Literal["tool", "resource", "prompt"]
+
+
 class Call(Message):
-    """A ``tools/call`` the client made. ``ref`` is the bridge's own id for matching the answer.
+    """A request the client made that must be decided: a ``tools/call``, or (``kind``) a ``resources/read``
+    or ``prompts/get``, which go through the same gate as the pseudo-tools of :data:`GATED_REQUESTS`.
+    ``ref`` is the bridge's own id for matching the answer.
 
     Every request that carries a ``ref`` gets exactly one answer (``decision`` or ``error``) echoing it.
     """
 
     type: Literal["call"] = "call"
     ref: Annotated[str, Field(min_length=1, max_length=MAX_REF_LENGTH)]
+    kind: CallKind = "tool"
     tool: Name
     arguments: dict[str, Any] = Field(default_factory=dict)
     timeout: int | None = Field(default=None, ge=1, le=86400)
@@ -372,3 +378,59 @@ def arguments_hash(arguments: dict[str, Any]) -> str:
 def tool_hash(definition: dict[str, Any]) -> str:
     """SHA-256 of a tool's canonical definition (name, description, schemas, annotations)."""
     return hashlib.sha256(canonical_json(definition).encode()).hexdigest()
+
+
+# --- resources and prompts, gated like tools ---------------------------------------------------------
+class GatedRequest(BaseModel):
+    """A non-tool request decided like a tool call: the name rules match, and the arguments' schema."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: CallKind
+    name: str
+    input_schema: dict[str, Any]
+    annotations: dict[str, Any]
+
+    @property
+    def hash(self) -> str:
+        """Stands for the tool hash: an approval is bound to it, and it never changes."""
+        return tool_hash({"name": self.name, "inputSchema": self.input_schema})
+
+    def arguments_of(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The arguments a rule sees, from the request's params (``uri``; or ``name`` and ``arguments``)."""
+        return {key: params[key] for key in self.input_schema["properties"] if key in params}
+
+
+RESOURCE_READ = GatedRequest(
+    kind="resource",
+    name="resources/read",
+    input_schema={
+        "type": "object",
+        "properties": {"uri": {"type": "string"}},
+        "required": ["uri"],
+        "additionalProperties": False,
+    },
+    annotations={"readOnlyHint": True},
+)
+PROMPT_GET = GatedRequest(
+    kind="prompt",
+    name="prompts/get",
+    input_schema={
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "arguments": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+        "required": ["name"],
+        "additionalProperties": False,
+    },
+    annotations={"readOnlyHint": True},
+)
+GATED_REQUESTS: dict[str, GatedRequest] = {RESOURCE_READ.kind: RESOURCE_READ, PROMPT_GET.kind: PROMPT_GET}
+"""By ``Call.kind``. Their names hold a ``/``, which MCP tool names may not: no upstream tool is mistaken
+for one (a tool that names itself so anyway is refused, see ``reserved_name``)."""
+
+
+def reserved_name(tool: str) -> bool:
+    """Whether ``tool`` is the name of a gated non-tool request, which no upstream tool may use."""
+    return any(request.name == tool for request in GATED_REQUESTS.values())

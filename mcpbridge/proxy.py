@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -20,6 +20,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server import Server, ServerRequestContext
 from mcp.server.lowlevel import NotificationOptions
 from mcp.server.stdio import stdio_server
+from mcp.shared.exceptions import MCPError
 
 from mcpbridge import __version__, describe, protocol
 from mcpbridge.link import LinkError, SignoffLink
@@ -34,6 +35,10 @@ SERVER_EXPIRY_GRACE = 5.0
 REPORT_FLUSH_SECONDS = 3.0
 """On exit, how long the bridge waits for results it still has to report to Signoff."""
 SUMMARY_LENGTH = 500
+REFUSED = -32001
+"""JSON-RPC error code of a resource read or prompt that Signoff did not allow (a tool call gets a result)."""
+UPSTREAM_FAILED = -32002
+"""JSON-RPC error code of an allowed resource read or prompt that the upstream failed."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,23 @@ def _summary(result: types.CallToolResult) -> str:
             parts.append(item.text)
         else:
             parts.append(f"[{item.type}]")
-    text = " ".join(parts).strip()
+    return _cut(" ".join(parts).strip())
+
+
+def _request_summary(result: types.ReadResourceResult | types.GetPromptResult) -> str:
+    """The audit's summary of a resource read or prompt: its text, as a tool result's."""
+    parts: list[str] = []
+    if isinstance(result, types.ReadResourceResult):
+        for item in result.contents:
+            parts.append(item.text if isinstance(item, types.TextResourceContents) else f"[blob {item.uri}]")
+    else:
+        for message in result.messages:
+            content = message.content
+            parts.append(content.text if isinstance(content, types.TextContent) else f"[{content.type}]")
+    return _cut(" ".join(parts).strip())
+
+
+def _cut(text: str) -> str:
     return text[:SUMMARY_LENGTH] + ("…" if len(text) > SUMMARY_LENGTH else "")
 
 
@@ -242,12 +263,82 @@ class Bridge:
         self, ctx: ServerRequestContext, params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         """Hold the call until Signoff allows it; run it upstream exactly once; otherwise explain."""
-        arguments = params.arguments or {}
+        decision = await self._gate(ctx, kind="tool", tool=params.name, arguments=params.arguments or {})
+        if isinstance(decision, str):
+            return tool_error(decision)
+        assert self.upstream is not None
+
+        async def relay_progress(progress: float, total: float | None, message: str | None) -> None:
+            await ctx.session.report_progress(progress, total, message)
+
+        started = time.monotonic()
+        try:
+            result = await self.upstream.call_tool(
+                params.name,
+                params.arguments,
+                progress_callback=relay_progress,
+                meta=_without_progress(params).meta,
+            )
+        except Exception as exc:  # the upstream died or broke the protocol: say so, audit it
+            reason = self.upstream_gone or f"the upstream MCP server failed: {exc}"
+            result = tool_error(f"The call was allowed but failed: {reason}.")
+        self._report_soon(decision.call_id, bool(result.is_error), _summary(result), started)
+        return result
+
+    async def read_resource(
+        self, ctx: ServerRequestContext, params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        """A resource read, gated like a tool call (``resources/read`` with its ``uri``)."""
+        result = await self._gated_request(
+            ctx, protocol.RESOURCE_READ, types.ReadResourceRequest(params=_without_progress(params)), params
+        )
+        assert isinstance(result, types.ReadResourceResult)
+        return result
+
+    async def get_prompt(
+        self, ctx: ServerRequestContext, params: types.GetPromptRequestParams
+    ) -> types.GetPromptResult:
+        """A prompt, gated like a tool call (``prompts/get`` with its ``name`` and ``arguments``)."""
+        result = await self._gated_request(
+            ctx, protocol.PROMPT_GET, types.GetPromptRequest(params=_without_progress(params)), params
+        )
+        assert isinstance(result, types.GetPromptResult)
+        return result
+
+    async def _gated_request(
+        self, ctx: ServerRequestContext, gated: protocol.GatedRequest, request: Any, params: Any
+    ) -> types.ReadResourceResult | types.GetPromptResult:
+        """Decide a non-tool request as its pseudo-tool, then forward it once. A refusal is a JSON-RPC
+        error (these requests have no error result), whose message says why, as a tool's would."""
+        arguments = gated.arguments_of(params.model_dump(mode="json", by_alias=True, exclude_none=True))
+        decision = await self._gate(ctx, kind=gated.kind, tool=gated.name, arguments=arguments)
+        if isinstance(decision, str):
+            raise MCPError(REFUSED, decision)
+        assert self.upstream is not None
+        result_type = types.ReadResourceResult if gated is protocol.RESOURCE_READ else types.GetPromptResult
+        started = time.monotonic()
+        try:
+            result = cast(
+                "types.ReadResourceResult | types.GetPromptResult",
+                await self.upstream.send_request(request, result_type),
+            )
+        except Exception as exc:
+            reason = self.upstream_gone or f"the upstream MCP server failed: {exc}"
+            self._report_soon(decision.call_id, True, reason, started)
+            raise MCPError(UPSTREAM_FAILED, f"The request was allowed but failed: {reason}.") from exc
+        self._report_soon(decision.call_id, False, _request_summary(result), started)
+        return result
+
+    async def _gate(
+        self, ctx: ServerRequestContext, *, kind: protocol.CallKind, tool: str, arguments: dict[str, Any]
+    ) -> protocol.Decision | str:
+        """Ask Signoff and wait while the call is held: the decision that lets this bridge run it now
+        (claimed), or the text saying why it must not run."""
         if self.upstream_gone:
-            return tool_error(f"The call was not run: {self.upstream_gone}.")
+            return f"The call was not run: {self.upstream_gone}."
         size = len(protocol.canonical_json(arguments).encode("utf-8", "surrogatepass"))
         if size > protocol.MAX_ARGUMENTS_BYTES:
-            return tool_error(
+            return (
                 f"The call was not run: its arguments are {size} bytes, more than Signoff accepts "
                 f"({protocol.MAX_ARGUMENTS_BYTES} bytes). Split the work into smaller calls."
             )
@@ -255,31 +346,30 @@ class Bridge:
             decision = await self.link.request(
                 protocol.Call(
                     ref="-",
-                    tool=params.name,
+                    kind=kind,
+                    tool=tool,
                     arguments=arguments,
                     timeout=int(self.config.timeout) if self.config.timeout else None,
                 ),
                 connect_timeout=self.config.connect_timeout,
             )
         except LinkError as exc:
-            return tool_error(f"The call was not run: Signoff could not approve it ({exc}).")
+            return f"The call was not run: Signoff could not approve it ({exc})."
         try:
             outcome = await self._wait(ctx, decision)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True), anyio.move_on_after(3):
                 await self._withdraw(decision.call_id, "cancelled by the MCP client")
             raise
-        if isinstance(outcome, types.CallToolResult):
+        if isinstance(outcome, str):
             return outcome
         if outcome.state != "allowed":
             self.link.forget(outcome.call_id)
-            return tool_error(self._refusal(outcome))
-        return await self._run(ctx, params, outcome)
+            return self._refusal(outcome)
+        return await self._claimed(outcome)
 
-    async def _wait(
-        self, ctx: ServerRequestContext, decision: protocol.Decision
-    ) -> protocol.Decision | types.CallToolResult:
-        """Wait while the call is pending; answer the client before it times out."""
+    async def _wait(self, ctx: ServerRequestContext, decision: protocol.Decision) -> protocol.Decision | str:
+        """Wait while the call is pending; answer the client (with the text why) before it times out."""
         started = time.monotonic()
         client_limit = started + self.config.client_timeout
         own_deadline = started + self.config.timeout if self.config.timeout else None
@@ -297,18 +387,18 @@ class Bridge:
                 self.link.forget(decision.call_id)
                 return protocol.Decision(call_id=decision.call_id, state="expired")
             if self.link.fatal:
-                return tool_error(f"The call was not run: {self.link.fatal}.")
+                return f"The call was not run: {self.link.fatal}."
             if self.link.down_since is not None and now - self.link.down_since >= self.config.reconnect_grace:
                 self.link.forget(decision.call_id)
                 grace = f"{self.config.reconnect_grace:.0f} s"
-                return tool_error(
+                return (
                     "The call was not run: the connection to Signoff was lost while it waited for approval "
                     f"and did not come back within {grace} ({self.link.last_error})."
                 )
             if now >= client_limit:
                 left = f" It expires in {_minutes(server_left)}." if server_left is not None else ""
                 call_id = decision.call_id
-                return tool_error(
+                return (
                     f"This call is still waiting for approval in Signoff (call {call_id}); it has not "
                     f"run.{left} To keep waiting, repeat exactly the same call with the same arguments: it "
                     "re-attaches to the held call and, once a reviewer allows it, runs exactly once."
@@ -325,48 +415,32 @@ class Bridge:
                 await watch.changed.wait()
         return watch.latest
 
-    async def _run(
-        self, ctx: ServerRequestContext, params: types.CallToolRequestParams, decision: protocol.Decision
-    ) -> types.CallToolResult:
-        """Claim the allowed call (unless the answer already handed it to us), run it, report it."""
+    async def _claimed(self, decision: protocol.Decision) -> protocol.Decision | str:
+        """Claim the allowed call (unless the answer already handed it to us): exactly one claim runs it."""
         if not decision.run:
             try:
                 decision = await self.link.request(
                     protocol.Claim(call_id=decision.call_id), connect_timeout=self.config.reconnect_grace
                 )
             except LinkError as exc:
-                return tool_error(f"The call was allowed but not run: Signoff could not confirm it ({exc}).")
+                return f"The call was allowed but not run: Signoff could not confirm it ({exc})."
             if not decision.run:
                 self.link.forget(decision.call_id)
                 if decision.state in ("completed", "failed") or decision.state == "allowed":
-                    return tool_error("The call was not run again: this approved call has already run once.")
-                return tool_error(self._refusal(decision))
+                    return "The call was not run again: this approved call has already run once."
+                return self._refusal(decision)
         self.link.forget(decision.call_id)
-        assert self.upstream is not None
+        return decision
 
-        async def relay_progress(progress: float, total: float | None, message: str | None) -> None:
-            await ctx.session.report_progress(progress, total, message)
-
-        started = time.monotonic()
-        try:
-            result = await self.upstream.call_tool(
-                params.name,
-                params.arguments,
-                progress_callback=relay_progress,
-                meta=_without_progress(params).meta,
-            )
-        except Exception as exc:  # the upstream died or broke the protocol: say so, audit it
-            reason = self.upstream_gone or f"the upstream MCP server failed: {exc}"
-            result = tool_error(f"The call was allowed but failed: {reason}.")
+    def _report_soon(self, call_id: str, is_error: bool, summary: str, started: float) -> None:
+        """Audit what the upstream answered, without delaying the answer: the client gets it first."""
         duration = int((time.monotonic() - started) * 1000)
-        # The audit report must not delay the answer: the client gets its result now.
         assert self._background is not None
-        self._background.start_soon(self._report, decision.call_id, result, duration)
-        return result
+        self._background.start_soon(self._report, call_id, is_error, summary, duration)
 
-    async def _report(self, call_id: str, result: types.CallToolResult, duration_ms: int) -> None:
+    async def _report(self, call_id: str, is_error: bool, summary: str, duration_ms: int) -> None:
         message = protocol.Result(
-            call_id=call_id, is_error=bool(result.is_error), summary=_summary(result), duration_ms=duration_ms
+            call_id=call_id, is_error=is_error, summary=summary, duration_ms=duration_ms
         )
         self._reporting.add(call_id)
         try:
@@ -441,7 +515,7 @@ class Bridge:
                 on_list_resource_templates=forward(
                     types.ListResourceTemplatesRequest, types.ListResourceTemplatesResult
                 ),
-                on_read_resource=forward(types.ReadResourceRequest, types.ReadResourceResult),
+                on_read_resource=self.read_resource,
             )
             if caps.resources.subscribe:
                 handlers.update(
@@ -451,7 +525,7 @@ class Bridge:
         if caps.prompts:
             handlers.update(
                 on_list_prompts=forward(types.ListPromptsRequest, types.ListPromptsResult),
-                on_get_prompt=forward(types.GetPromptRequest, types.GetPromptResult),
+                on_get_prompt=self.get_prompt,
             )
         if caps.completions:
             handlers.update(on_completion=forward(types.CompleteRequest, types.CompleteResult))

@@ -129,6 +129,7 @@ async def list_resources(ctx: ServerRequestContext, params: object) -> types.Lis
 async def read_resource(
     ctx: ServerRequestContext, params: types.ReadResourceRequestParams
 ) -> types.ReadResourceResult:
+    record("resources/read", {"uri": str(params.uri)})
     return types.ReadResourceResult(
         contents=[
             types.TextResourceContents(uri=params.uri, mime_type="text/plain", text="hello from a resource")
@@ -143,6 +144,7 @@ async def list_prompts(ctx: ServerRequestContext, params: object) -> types.ListP
 async def get_prompt(
     ctx: ServerRequestContext, params: types.GetPromptRequestParams
 ) -> types.GetPromptResult:
+    record("prompts/get", {"name": params.name, "arguments": params.arguments or {}})
     return types.GetPromptResult(
         messages=[types.PromptMessage(role="user", content=types.TextContent(type="text", text="Hello!"))]
     )
