@@ -13,7 +13,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from approvals.models import AuditEvent, Rule, ToolCall
-from tests.e2e.conftest import SignoffServer, TeamSetup, bridge, reviewer_socket
+from tests.e2e.conftest import ARTIFACTS, SignoffServer, TeamSetup, bridge, browser_login, reviewer_socket
 
 
 async def test_a_resource_read_is_held_until_a_reviewer_allows_it(
@@ -106,3 +106,29 @@ async def test_in_whitelist_mode_an_unmatched_prompt_is_refused(
             await b.session.get_prompt("greet")
         assert b.upstream_calls() == []
     assert "not run" in refused.value.message
+
+
+async def test_a_reviewer_allows_a_held_resource_read_in_the_browser(
+    signoff: SignoffServer, team: TeamSetup, browser, tmp_path
+) -> None:
+    page = await browser_login(browser, signoff, team.reviewer)
+    await page.wait_for_selector("#socket-status[data-state=live]")
+    async with (
+        bridge(tmp_path, url=signoff.url, token=team.raw_token) as b,
+        anyio.create_task_group() as tasks,
+    ):
+        outcome: dict = {}
+
+        async def read() -> None:
+            outcome["result"] = await b.session.read_resource("memo://readme")
+
+        tasks.start_soon(read)
+        card = page.locator("li.call")
+        await card.wait_for()
+        assert await card.locator(".call-tool").text_content() == "resources/read"
+        assert "memo://readme" in await card.locator(".call-arguments").text_content()
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "queue-held-resource.png"), full_page=True)
+        await card.get_by_role("button", name="Allow", exact=True).click()
+        await card.wait_for(state="detached")
+    assert outcome["result"].contents[0].text == "hello from a resource"
