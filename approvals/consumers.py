@@ -173,6 +173,7 @@ class BridgeConsumer(AsyncWebsocketConsumer):
                 is_error=message.is_error,
                 summary=message.summary,
                 duration_ms=message.duration_ms,
+                findings=[finding.model_dump() for finding in message.findings],
             )
             await self._send(realtime.decision_for(call, ref=message.ref))
         elif isinstance(message, protocol.Withdraw):

@@ -269,6 +269,12 @@ class ToolCall(models.Model):
     started_at = models.DateTimeField(null=True, blank=True, help_text="When a bridge claimed it to run.")
     finished_at = models.DateTimeField(null=True, blank=True)
     result_summary = models.CharField(max_length=2000, blank=True)
+    result_findings = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="What the bridge's inspection found in the result (mcpbridge.inspection): kind, detector, "
+        "where, and an excerpt with secrets masked.",
+    )
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
     payload_purged_at = models.DateTimeField(
         null=True,
@@ -415,6 +421,7 @@ class Alert(models.Model):
         RATE_LIMIT = "rate_limit", "Rate limit hit"
         TOOL_CHANGED = "tool_changed", "Tool definition changed"
         NEW_ADDRESS = "new_address", "Token used from a new address"
+        RESULT = "result", "Instructions or hidden text in a result"
 
     class State(models.TextChoices):
         OPEN = "open", "Open"

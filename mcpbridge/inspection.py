@@ -35,7 +35,7 @@ import contextlib
 import json
 import re
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final, Literal
 
@@ -1355,6 +1355,16 @@ def _content_texts(index: int, item: Any) -> Iterator[tuple[str, str]]:
         for field in ("name", "title", "description"):
             if isinstance(item.get(field), str):
                 yield _pointer("content", index, field), item[field]
+
+
+def inspect_strings(strings: Iterable[tuple[str, str]]) -> list[Finding]:
+    """Every finding in ``(JSON pointer, text)`` pairs, such as a resource's contents or a prompt's messages,
+    at most ``MAX_FINDINGS_PER_KIND`` of a kind over all of them (``item`` is None)."""
+    counts: dict[str, int] = {}
+    findings: list[Finding] = []
+    for path, text in strings:
+        findings += _inspect(text, item=None, path=path, counts=counts)
+    return findings
 
 
 def inspect_result(content: list[Any] | Any) -> list[Finding]:

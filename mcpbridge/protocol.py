@@ -33,6 +33,9 @@ MAX_ARG_LENGTH = 512
 MAX_URL_LENGTH = 2048
 MAX_ENV_NAMES = 256
 MAX_CAPABILITIES_BYTES = 8 * 1024
+MAX_RESULT_FINDINGS = 50
+MAX_FINDING_PATH_LENGTH = 512
+MAX_EXCERPT_LENGTH = 400
 """Deepest nesting of objects and arrays in a frame (arguments are shown to reviewers and stored)."""
 
 # Close codes (4000-4999 are application codes in RFC 6455).
@@ -162,8 +165,19 @@ class Claim(Message):
     ref: str | None = Field(default=None, max_length=MAX_REF_LENGTH)
 
 
+class ResultFinding(Message):
+    """Something the bridge's inspection found in a result (``mcpbridge.inspection.Finding``, trimmed)."""
+
+    kind: Literal["instruction", "hidden_text", "secret", "pii"]
+    detector: str = Field(max_length=64)
+    path: str = Field(default="", max_length=MAX_FINDING_PATH_LENGTH)
+    """JSON pointer of the string in the result (``/content/0/text``, ``/contents/0/text``)."""
+    excerpt: str = Field(default="", max_length=MAX_EXCERPT_LENGTH)
+    """The match with a little context: secrets masked, hidden characters made visible."""
+
+
 class Result(Message):
-    """The upstream answered an allowed call: a summary for the audit."""
+    """The upstream answered an allowed call: a summary and what inspection found in it, for the audit."""
 
     type: Literal["result"] = "result"
     call_id: str = Field(max_length=64)
@@ -171,6 +185,7 @@ class Result(Message):
     is_error: bool
     summary: str = Field(default="", max_length=MAX_SUMMARY_LENGTH)
     duration_ms: int = Field(ge=0)
+    findings: list[ResultFinding] = Field(default_factory=list, max_length=MAX_RESULT_FINDINGS)
 
 
 class Withdraw(Message):

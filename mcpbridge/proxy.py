@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -22,7 +23,7 @@ from mcp.server.lowlevel import NotificationOptions
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
-from mcpbridge import __version__, describe, protocol
+from mcpbridge import __version__, describe, inspection, protocol
 from mcpbridge.link import LinkError, SignoffLink
 
 log = logging.getLogger("mcpbridge")
@@ -103,6 +104,38 @@ def _request_summary(result: types.ReadResourceResult | types.GetPromptResult) -
             content = message.content
             parts.append(content.text if isinstance(content, types.TextContent) else f"[{content.type}]")
     return _cut(" ".join(parts).strip())
+
+
+def _request_texts(result: types.ReadResourceResult | types.GetPromptResult) -> list[tuple[str, str]]:
+    """The texts of a resource read or prompt a model would read, with their JSON pointers."""
+    if isinstance(result, types.ReadResourceResult):
+        return [
+            (f"/contents/{index}/text", item.text)
+            for index, item in enumerate(result.contents)
+            if isinstance(item, types.TextResourceContents)
+        ]
+    return [
+        (f"/messages/{index}/content/text", message.content.text)
+        for index, message in enumerate(result.messages)
+        if isinstance(message.content, types.TextContent)
+    ]
+
+
+_KIND_ORDER = {"instruction": 0, "hidden_text": 1, "secret": 2, "pii": 3}
+
+
+def _reported_findings(findings: list[inspection.Finding]) -> list[protocol.ResultFinding]:
+    """What Signoff is told: the findings that matter most first, as many as a frame carries."""
+    ordered = sorted(findings, key=lambda finding: _KIND_ORDER.get(finding.kind, 9))
+    return [
+        protocol.ResultFinding(
+            kind=finding.kind,
+            detector=finding.detector[:64],
+            path=finding.path[: protocol.MAX_FINDING_PATH_LENGTH],
+            excerpt=finding.excerpt[: protocol.MAX_EXCERPT_LENGTH],
+        )
+        for finding in ordered[: protocol.MAX_RESULT_FINDINGS]
+    ]
 
 
 def _cut(text: str) -> str:
@@ -282,7 +315,13 @@ class Bridge:
         except Exception as exc:  # the upstream died or broke the protocol: say so, audit it
             reason = self.upstream_gone or f"the upstream MCP server failed: {exc}"
             result = tool_error(f"The call was allowed but failed: {reason}.")
-        self._report_soon(decision.call_id, bool(result.is_error), _summary(result), started)
+        self._report_soon(
+            decision.call_id,
+            bool(result.is_error),
+            _summary(result),
+            started,
+            lambda: inspection.inspect_result(result),
+        )
         return result
 
     async def read_resource(
@@ -324,9 +363,15 @@ class Bridge:
             )
         except Exception as exc:
             reason = self.upstream_gone or f"the upstream MCP server failed: {exc}"
-            self._report_soon(decision.call_id, True, reason, started)
+            self._report_soon(decision.call_id, True, reason, started, list)
             raise MCPError(UPSTREAM_FAILED, f"The request was allowed but failed: {reason}.") from exc
-        self._report_soon(decision.call_id, False, _request_summary(result), started)
+        self._report_soon(
+            decision.call_id,
+            False,
+            _request_summary(result),
+            started,
+            lambda: inspection.inspect_strings(_request_texts(result)),
+        )
         return result
 
     async def _gate(
@@ -432,18 +477,42 @@ class Bridge:
         self.link.forget(decision.call_id)
         return decision
 
-    def _report_soon(self, call_id: str, is_error: bool, summary: str, started: float) -> None:
-        """Audit what the upstream answered, without delaying the answer: the client gets it first."""
+    def _report_soon(
+        self,
+        call_id: str,
+        is_error: bool,
+        summary: str,
+        started: float,
+        inspect: Callable[[], list[inspection.Finding]],
+    ) -> None:
+        """Audit what the upstream answered, without delaying the answer: the client gets it first, and the
+        result is inspected (``inspect``) meanwhile, on a worker thread."""
         duration = int((time.monotonic() - started) * 1000)
         assert self._background is not None
-        self._background.start_soon(self._report, call_id, is_error, summary, duration)
+        self._background.start_soon(self._report, call_id, is_error, summary, duration, inspect)
 
-    async def _report(self, call_id: str, is_error: bool, summary: str, duration_ms: int) -> None:
-        message = protocol.Result(
-            call_id=call_id, is_error=is_error, summary=summary, duration_ms=duration_ms
-        )
+    async def _report(
+        self,
+        call_id: str,
+        is_error: bool,
+        summary: str,
+        duration_ms: int,
+        inspect: Callable[[], list[inspection.Finding]],
+    ) -> None:
         self._reporting.add(call_id)
         try:
+            try:
+                findings = _reported_findings(await anyio.to_thread.run_sync(inspect))
+            except Exception as exc:  # a detector must never cost the audit its record
+                log.warning("could not inspect the result of call %s: %s", call_id, exc)
+                findings = []
+            message = protocol.Result(
+                call_id=call_id,
+                is_error=is_error,
+                summary=summary,
+                duration_ms=duration_ms,
+                findings=findings,
+            )
             await self.link.request(message, connect_timeout=self.config.reconnect_grace)
         except LinkError as exc:
             log.warning("could not report the result of call %s: %s", call_id, exc)

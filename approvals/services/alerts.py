@@ -294,6 +294,33 @@ def alerts_call_recorded(*, call: ToolCall) -> None:
     transaction.on_commit(detect, robust=True)
 
 
+def alerts_result_inspected(*, call: ToolCall, findings: list[dict[str, Any]]) -> None:
+    """A result came back with findings: instructions aimed at the model or hidden text alert the admins
+    (secrets and personal data are recorded on the call, and are not alone a sign of an attack)."""
+    suspicious = [finding for finding in findings if finding["kind"] in ("instruction", "hidden_text")]
+    if suspicious:
+        transaction.on_commit(lambda: alert_suspicious_result(call=call, findings=suspicious), robust=True)
+
+
+def alert_suspicious_result(*, call: ToolCall, findings: list[dict[str, Any]]) -> Alert:
+    """Raise (or count up) the ``result`` alert of the call's server and tool."""
+    detectors = sorted({finding["detector"] for finding in findings})
+    first = findings[0]
+    alert, _ = alert_raise(
+        team=call.team,
+        kind=Alert.Kind.RESULT,
+        key=f"{call.server}:{call.tool}",
+        message=(
+            f"A result of {call.server} / {call.tool} holds what looks like instructions aimed at the model "
+            f"or hidden text ({', '.join(detectors)}), e.g. “{first['excerpt'][:160]}”. The model read it: "
+            "check the call and what it did next."
+        ),
+        data={"call": str(call.pk), "server": call.server, "tool": call.tool, "detectors": detectors},
+        token=call.token,
+    )
+    return alert
+
+
 def alerts_call_denied(*, call: ToolCall) -> None:
     """A held call was denied (by a reviewer): count it for its team's burst of denials."""
     threshold = call.team.alert_denials_per_10_minutes

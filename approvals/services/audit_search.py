@@ -268,6 +268,8 @@ class ShownCall:
     risks: Any
     masked: bool
     """Whether masking hid anything (the shown text differs from the stored one)."""
+    findings: Any = ()
+    """What the bridge's inspection found in the result, excerpts masked again (docs/inspection.md)."""
 
 
 @dataclass(frozen=True)
@@ -297,13 +299,15 @@ def show_call(call: ToolCall) -> ShownCall:
     reason = mask_text(call.reason)
     summary = mask_text(call.result_summary)
     risks = mask_json(call.risks)
-    changed = (arguments, reason, summary, risks) != (
+    findings = mask_json(call.result_findings)
+    changed = (arguments, reason, summary, risks, findings) != (
         call.arguments,
         call.reason,
         call.result_summary,
         call.risks,
+        call.result_findings,
     )
-    return ShownCall(call, arguments, reason, summary, risks, changed)
+    return ShownCall(call, arguments, reason, summary, risks, changed, findings)
 
 
 def show_calls(calls: Iterable[ToolCall]) -> list[ShownCall]:

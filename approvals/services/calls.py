@@ -20,7 +20,7 @@ from approvals import access, guards, metrics, policy, realtime, scopes
 from approvals.models import BridgeToken, Rule, ToolCall, ToolPin
 from approvals.scopes import Scope
 from approvals.services import limits
-from approvals.services.alerts import alerts_call_denied, alerts_call_recorded
+from approvals.services.alerts import alerts_call_denied, alerts_call_recorded, alerts_result_inspected
 from approvals.services.audit import audit_record
 from approvals.services.notifications import notify_call_held
 from approvals.services.rules import RuleInvalid, rule_create, rule_spec
@@ -371,9 +371,17 @@ def call_claim(*, token: BridgeToken, call_id: str) -> tuple[ToolCall, bool]:
 
 
 def call_report_result(
-    *, token: BridgeToken, call_id: str, is_error: bool, summary: str, duration_ms: int
+    *,
+    token: BridgeToken,
+    call_id: str,
+    is_error: bool,
+    summary: str,
+    duration_ms: int,
+    findings: list[dict[str, Any]] | None = None,
 ) -> ToolCall:
-    """Record what the upstream answered to a call the bridge ran."""
+    """Record what the upstream answered to a call the bridge ran, and what the bridge's inspection found
+    in it (``mcpbridge.inspection``): instructions aimed at the model or hidden text alert the admins."""
+    findings = findings or []
     now = timezone.now()
     key = _call_key(call_id)
     state = State.FAILED if is_error else State.COMPLETED
@@ -381,7 +389,13 @@ def call_report_result(
         # Update first, read once: this runs after every call a bridge ran, so it is kept to one read.
         changed = ToolCall.objects.filter(
             pk=key, token=token, state=State.ALLOWED, started_at__isnull=False
-        ).update(state=state, finished_at=now, result_summary=summary[:2000], duration_ms=duration_ms)
+        ).update(
+            state=state,
+            finished_at=now,
+            result_summary=summary[:2000],
+            duration_ms=duration_ms,
+            result_findings=findings,
+        )
         # The answer reads only who decided; the team and token are the reporting token's own.
         call = ToolCall.objects.select_related("decided_by").filter(pk=key, token=token).first()
         if call is None:
@@ -389,6 +403,7 @@ def call_report_result(
         call.token, call.team = token, token.team
         if not changed:
             raise CallAlreadyDecided(call)
+        extra: dict[str, Any] = {"findings": finding_counts(findings)} if findings else {}
         audit_record(
             kind=f"call.{state}",
             team=call.team,
@@ -397,8 +412,19 @@ def call_report_result(
             is_error=is_error,
             duration_ms=duration_ms,
             summary=summary[:500],
+            **extra,
         )
+        if findings:
+            alerts_result_inspected(call=call, findings=findings)
     return call
+
+
+def finding_counts(findings: list[dict[str, Any]]) -> dict[str, int]:
+    """How many findings of each kind (``instruction``, ``hidden_text``, ``secret``, ``pii``)."""
+    counts: dict[str, int] = {}
+    for finding in findings:
+        counts[finding["kind"]] = counts.get(finding["kind"], 0) + 1
+    return counts
 
 
 def call_withdraw(*, token: BridgeToken, call_id: str, reason: str) -> ToolCall:
