@@ -174,6 +174,7 @@ class BridgeConsumer(AsyncWebsocketConsumer):
                 summary=message.summary,
                 duration_ms=message.duration_ms,
                 findings=[finding.model_dump() for finding in message.findings],
+                action=message.action,
             )
             await self._send(realtime.decision_for(call, ref=message.ref))
         elif isinstance(message, protocol.Withdraw):

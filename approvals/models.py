@@ -27,6 +27,11 @@ class Team(models.Model):
         REVIEW = "review", "Review: a human decides when no rule matches"
         WHITELIST = "whitelist", "Whitelist only: no matching rule means denied"
 
+    class ResultAction(models.TextChoices):
+        PASS = "pass", "Pass: the model reads the result; the findings are recorded"
+        MASK = "mask", "Mask: the findings are replaced in the result, and the model is told"
+        BLOCK = "block", "Block: the model gets an error instead of the result"
+
     name = models.CharField(max_length=100)
     slug = models.SlugField(max_length=60, unique=True)
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.REVIEW)
@@ -59,6 +64,24 @@ class Team(models.Model):
         default=90,
         help_text="Clear call arguments and results after this many days (0: keep). The audit chain stays.",
     )
+    result_instructions = models.CharField(
+        max_length=8,
+        choices=ResultAction.choices,
+        default=ResultAction.MASK,
+        help_text="What happens to a result holding instructions aimed at the model or hidden text.",
+    )
+    result_secrets = models.CharField(
+        max_length=8,
+        choices=ResultAction.choices,
+        default=ResultAction.MASK,
+        help_text="What happens to a result holding secrets (API keys, tokens, private keys, passwords).",
+    )
+    result_personal_data = models.CharField(
+        max_length=8,
+        choices=ResultAction.choices,
+        default=ResultAction.PASS,
+        help_text="What happens to a result holding personal data (emails, phone and card numbers).",
+    )
     require_reviewed_servers = models.BooleanField(
         default=False,
         help_text="Bridges may front only servers whose security checklist an admin approved.",
@@ -72,6 +95,15 @@ class Team(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def result_policy(self) -> dict[str, str]:
+        """What the team's bridges do with a result's findings, by finding kind (mcpbridge.inspection)."""
+        return {
+            "instruction": self.result_instructions,
+            "hidden_text": self.result_instructions,
+            "secret": self.result_secrets,
+            "pii": self.result_personal_data,
+        }
 
 
 class Membership(models.Model):
@@ -269,6 +301,11 @@ class ToolCall(models.Model):
     started_at = models.DateTimeField(null=True, blank=True, help_text="When a bridge claimed it to run.")
     finished_at = models.DateTimeField(null=True, blank=True)
     result_summary = models.CharField(max_length=2000, blank=True)
+    result_action = models.CharField(
+        max_length=8,
+        blank=True,
+        help_text="What the bridge did with the result's findings (pass, mask, block; empty: none found).",
+    )
     result_findings = models.JSONField(
         default=list,
         blank=True,

@@ -67,6 +67,7 @@ def decision_for(call: ToolCall, *, run: bool = False, ref: str | None = None) -
         deadline=call.deadline.isoformat(),
         run=run,
         decided_by=call.decided_by.get_username() if call.decided_by else None,
+        result_policy=call.team.result_policy() if call.state == ToolCall.State.ALLOWED else None,  # type: ignore[arg-type]
     )
 
 

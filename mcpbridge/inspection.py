@@ -47,9 +47,11 @@ __all__ = [
     "Kind",
     "SecretFormat",
     "inspect_result",
+    "inspect_strings",
     "inspect_text",
     "looks_secret",
     "make_visible",
+    "mask_findings",
     "mask_secrets",
 ]
 
@@ -1398,3 +1400,86 @@ def inspect_result(content: list[Any] | Any) -> list[Finding]:
         for path, text in _strings(structured, _pointer("structuredContent")):
             findings += _inspect(text, item=None, path=path, counts=counts)
     return findings
+
+
+# --- acting on findings ----------------------------------------------------------------------------------
+MASK_LABELS: Final[dict[str, str]] = {
+    "instruction": "an instruction aimed at the model",
+    "hidden_text": "hidden text",
+    "secret": "a secret",
+    "pii": "personal data",
+}
+
+
+def mask_findings(document: Any, findings: Iterable[Finding]) -> tuple[Any, int]:
+    """``document`` (a result as JSON: dicts, lists, strings) with the text of each finding replaced by
+    ``[masked by Signoff: <what>]``, and how many spans were masked. Findings locate their string by JSON
+    pointer (``path``) and their span by ``start``/``end``; overlapping spans are masked as one. A finding
+    whose path does not lead to a string of the document is ignored. The document is not changed in place."""
+    spans: dict[str, list[tuple[int, int, str]]] = {}
+    for finding in findings:
+        spans.setdefault(finding.path, []).append((finding.start, finding.end, finding.kind))
+    document = json.loads(json.dumps(document))  # a copy the replacements may change
+    masked = 0
+    for path, found in spans.items():
+        parent, key = _parent_of(document, path)
+        if parent is None or not isinstance(parent[key], str):
+            continue
+        text: str = parent[key]
+        # An instruction is masked to the end of its sentence: "ignore your instructions and send …" is
+        # matched by its first words, and what follows them is the payload.
+        found = [
+            (start, _sentence_end(text, end) if kind == "instruction" else end, kind)
+            for start, end, kind in found
+        ]
+        for start, end, kind in _merged(found):
+            text = f"{text[:start]}[masked by Signoff: {MASK_LABELS.get(kind, kind)}]{text[end:]}"
+            masked += 1
+        parent[key] = text
+    return document, masked
+
+
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
+
+
+def _sentence_end(text: str, end: int, limit: int = 400) -> int:
+    """Where the sentence holding ``text[end - 1]`` ends (after its full stop), at most ``limit`` further."""
+    found = _SENTENCE_END.search(text, end, min(len(text), end + limit))
+    return found.end() if found else min(len(text), end + limit)
+
+
+def _merged(spans: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """The spans with overlaps joined, last first (so replacing one leaves the offsets of the rest valid)."""
+    joined: list[list[Any]] = []
+    for start, end, kind in sorted(spans):
+        if joined and start < joined[-1][1]:
+            joined[-1][1] = max(joined[-1][1], end)
+        else:
+            joined.append([start, end, kind])
+    return [(start, end, kind) for start, end, kind in reversed(joined)]
+
+
+def _parent_of(document: Any, path: str) -> tuple[Any, Any]:
+    """The container of the value at JSON pointer ``path``, and its key; (None, None) if there is none."""
+    if not path.startswith("/"):
+        return None, None
+    parts = [part.replace("~1", "/").replace("~0", "~") for part in path[1:].split("/")]
+    node = document
+    for part in parts[:-1]:
+        node = _child(node, part)
+        if node is None:
+            return None, None
+    last = parts[-1]
+    if isinstance(node, dict) and last in node:
+        return node, last
+    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+        return node, int(last)
+    return None, None
+
+
+def _child(node: Any, part: str) -> Any:
+    if isinstance(node, dict):
+        return node.get(part)
+    if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+        return node[int(part)]
+    return None

@@ -165,10 +165,14 @@ class Claim(Message):
     ref: str | None = Field(default=None, max_length=MAX_REF_LENGTH)
 
 
+FindingKind = Literal["instruction", "hidden_text", "secret", "pii"]
+ResultAction = Literal["pass", "mask", "block"]
+
+
 class ResultFinding(Message):
     """Something the bridge's inspection found in a result (``mcpbridge.inspection.Finding``, trimmed)."""
 
-    kind: Literal["instruction", "hidden_text", "secret", "pii"]
+    kind: FindingKind
     detector: str = Field(max_length=64)
     path: str = Field(default="", max_length=MAX_FINDING_PATH_LENGTH)
     """JSON pointer of the string in the result (``/content/0/text``, ``/contents/0/text``)."""
@@ -186,6 +190,8 @@ class Result(Message):
     summary: str = Field(default="", max_length=MAX_SUMMARY_LENGTH)
     duration_ms: int = Field(ge=0)
     findings: list[ResultFinding] = Field(default_factory=list, max_length=MAX_RESULT_FINDINGS)
+    action: ResultAction | None = None
+    """What the bridge did with the findings under the call's ``result_policy``; None when none were found."""
 
 
 class Withdraw(Message):
@@ -235,6 +241,9 @@ class Decision(Message):
     deadline: str | None = None
     run: bool = False
     decided_by: str | None = None
+    result_policy: dict[FindingKind, ResultAction] | None = None
+    """For an allowed call: what the bridge does with the result's findings, by kind (docs/inspection.md).
+    None (an older server): pass."""
 
 
 class Error(Message):

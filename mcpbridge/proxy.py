@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -122,6 +122,49 @@ def _request_texts(result: types.ReadResourceResult | types.GetPromptResult) -> 
 
 
 _KIND_ORDER = {"instruction": 0, "hidden_text": 1, "secret": 2, "pii": 3}
+
+
+def _acts(policy: Mapping[protocol.FindingKind, protocol.ResultAction]) -> bool:
+    """Whether the policy does anything but pass: then the result is inspected before the client gets it."""
+    return any(action != "pass" for action in policy.values())
+
+
+def _outcome(
+    findings: list[inspection.Finding], policy: Mapping[protocol.FindingKind, protocol.ResultAction]
+) -> tuple[protocol.ResultAction | None, list[inspection.Finding]]:
+    """What the policy does with a result's findings: ``block`` if any finding's kind blocks, else ``mask``
+    (with the findings to mask) if any masks, else ``pass``; None when nothing was found."""
+    if not findings:
+        return None, []
+    actions: list[protocol.ResultAction] = [policy.get(finding.kind, "pass") for finding in findings]
+    if "block" in actions:
+        return "block", []
+    to_mask = [finding for finding, action in zip(findings, actions, strict=True) if action == "mask"]
+    return ("mask" if to_mask else "pass"), to_mask
+
+
+def _labels(findings: list[inspection.Finding]) -> str:
+    kinds = sorted({finding.kind for finding in findings}, key=lambda kind: _KIND_ORDER.get(kind, 9))
+    return ", ".join(inspection.MASK_LABELS.get(kind, kind) for kind in kinds)
+
+
+def _blocked(call_id: str, findings: list[inspection.Finding]) -> str:
+    detectors = ", ".join(sorted({finding.detector for finding in findings}))
+    return (
+        f"Signoff blocked this result: it held {_labels(findings)} ({detectors}). The call ran, but its "
+        f"result was withheld from the model; a person can read what was found in Signoff (call {call_id})."
+    )
+
+
+def _masked_note(findings: list[inspection.Finding], masked: int) -> str:
+    return (
+        f"[Signoff masked {masked} part{'s' if masked != 1 else ''} of this result: {_labels(findings)}. "
+        "The rest is as the tool returned it.]"
+    )
+
+
+def _as_json(result: Any) -> Any:
+    return result.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def _reported_findings(findings: list[inspection.Finding]) -> list[protocol.ResultFinding]:
@@ -315,12 +358,28 @@ class Bridge:
         except Exception as exc:  # the upstream died or broke the protocol: say so, audit it
             reason = self.upstream_gone or f"the upstream MCP server failed: {exc}"
             result = tool_error(f"The call was allowed but failed: {reason}.")
+            self._report_soon(decision.call_id, True, _summary(result), started, list)
+            return result
+        policy = decision.result_policy or {}
+        if not _acts(policy):  # pass whatever is found: inspect after the client has its answer
+            self._report_soon(
+                decision.call_id,
+                bool(result.is_error),
+                _summary(result),
+                started,
+                lambda: inspection.inspect_result(result),
+            )
+            return result
+        findings = await anyio.to_thread.run_sync(inspection.inspect_result, result)
+        action, to_mask = _outcome(findings, policy)
+        if action == "block":
+            result = tool_error(_blocked(decision.call_id, findings))
+        elif action == "mask":
+            document, masked = inspection.mask_findings(_as_json(result), to_mask)
+            result = types.CallToolResult.model_validate(document)
+            result.content.append(types.TextContent(type="text", text=_masked_note(to_mask, masked)))
         self._report_soon(
-            decision.call_id,
-            bool(result.is_error),
-            _summary(result),
-            started,
-            lambda: inspection.inspect_result(result),
+            decision.call_id, bool(result.is_error), _summary(result), started, lambda: findings, action
         )
         return result
 
@@ -365,12 +424,26 @@ class Bridge:
             reason = self.upstream_gone or f"the upstream MCP server failed: {exc}"
             self._report_soon(decision.call_id, True, reason, started, list)
             raise MCPError(UPSTREAM_FAILED, f"The request was allowed but failed: {reason}.") from exc
+        policy = decision.result_policy or {}
+        if not _acts(policy):
+            self._report_soon(
+                decision.call_id,
+                False,
+                _request_summary(result),
+                started,
+                lambda: inspection.inspect_strings(_request_texts(result)),
+            )
+            return result
+        findings = await anyio.to_thread.run_sync(inspection.inspect_strings, _request_texts(result))
+        action, to_mask = _outcome(findings, policy)
+        if action == "block":
+            self._report_soon(decision.call_id, True, "[blocked]", started, lambda: findings, action)
+            raise MCPError(REFUSED, _blocked(decision.call_id, findings))
+        if action == "mask":
+            document, _ = inspection.mask_findings(_as_json(result), to_mask)
+            result = type(result).model_validate(document)
         self._report_soon(
-            decision.call_id,
-            False,
-            _request_summary(result),
-            started,
-            lambda: inspection.inspect_strings(_request_texts(result)),
+            decision.call_id, False, _request_summary(result), started, lambda: findings, action
         )
         return result
 
@@ -484,12 +557,13 @@ class Bridge:
         summary: str,
         started: float,
         inspect: Callable[[], list[inspection.Finding]],
+        action: protocol.ResultAction | None = None,
     ) -> None:
         """Audit what the upstream answered, without delaying the answer: the client gets it first, and the
-        result is inspected (``inspect``) meanwhile, on a worker thread."""
+        result is inspected (``inspect``) meanwhile, on a worker thread, unless the policy acted on it."""
         duration = int((time.monotonic() - started) * 1000)
         assert self._background is not None
-        self._background.start_soon(self._report, call_id, is_error, summary, duration, inspect)
+        self._background.start_soon(self._report, call_id, is_error, summary, duration, inspect, action)
 
     async def _report(
         self,
@@ -498,6 +572,7 @@ class Bridge:
         summary: str,
         duration_ms: int,
         inspect: Callable[[], list[inspection.Finding]],
+        action: protocol.ResultAction | None,
     ) -> None:
         self._reporting.add(call_id)
         try:
@@ -512,6 +587,7 @@ class Bridge:
                 summary=summary,
                 duration_ms=duration_ms,
                 findings=findings,
+                action=(action or "pass") if findings else None,
             )
             await self.link.request(message, connect_timeout=self.config.reconnect_grace)
         except LinkError as exc:

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+from urllib.parse import unquote
 
 import anyio
 import mcp.types as types
@@ -24,6 +25,7 @@ from mcp.server.lowlevel import NotificationOptions
 from mcp.server.stdio import stdio_server
 
 LOG = os.environ.get("UPSTREAM_LOG", "")
+ECHO_URI = "memo://echo/"
 
 
 def _option(flag: str, default: str) -> str:
@@ -130,10 +132,11 @@ async def read_resource(
     ctx: ServerRequestContext, params: types.ReadResourceRequestParams
 ) -> types.ReadResourceResult:
     record("resources/read", {"uri": str(params.uri)})
+    uri = str(params.uri)
+    # memo://echo/<percent-encoded text> reads as that text: what a hostile document would hold.
+    text = unquote(uri.removeprefix(ECHO_URI)) if uri.startswith(ECHO_URI) else "hello from a resource"
     return types.ReadResourceResult(
-        contents=[
-            types.TextResourceContents(uri=params.uri, mime_type="text/plain", text="hello from a resource")
-        ]
+        contents=[types.TextResourceContents(uri=params.uri, mime_type="text/plain", text=text)]
     )
 
 

@@ -302,6 +302,13 @@ def alerts_result_inspected(*, call: ToolCall, findings: list[dict[str, Any]]) -
         transaction.on_commit(lambda: alert_suspicious_result(call=call, findings=suspicious), robust=True)
 
 
+_RESULT_ACTION_TEXT = {
+    "pass": "The model read it: check the call and what it did next.",
+    "mask": "The bridge masked it before the model read the result.",
+    "block": "The bridge withheld the result from the model.",
+}
+
+
 def alert_suspicious_result(*, call: ToolCall, findings: list[dict[str, Any]]) -> Alert:
     """Raise (or count up) the ``result`` alert of the call's server and tool."""
     detectors = sorted({finding["detector"] for finding in findings})
@@ -312,8 +319,8 @@ def alert_suspicious_result(*, call: ToolCall, findings: list[dict[str, Any]]) -
         key=f"{call.server}:{call.tool}",
         message=(
             f"A result of {call.server} / {call.tool} holds what looks like instructions aimed at the model "
-            f"or hidden text ({', '.join(detectors)}), e.g. “{first['excerpt'][:160]}”. The model read it: "
-            "check the call and what it did next."
+            f"or hidden text ({', '.join(detectors)}), e.g. “{first['excerpt'][:160]}”. "
+            + _RESULT_ACTION_TEXT.get(call.result_action, _RESULT_ACTION_TEXT["pass"])
         ),
         data={"call": str(call.pk), "server": call.server, "tool": call.tool, "detectors": detectors},
         token=call.token,

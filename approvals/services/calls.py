@@ -112,6 +112,9 @@ def call_submit(
             "team__four_eyes",
             "team__alert_calls_per_token_hour",
             "team__alert_denials_per_10_minutes",
+            "team__result_instructions",
+            "team__result_secrets",
+            "team__result_personal_data",
         )
         row = current.first()
         if (
@@ -126,6 +129,10 @@ def call_submit(
         # The alert thresholds too, read with the rest: the volume and denial detectors add no query.
         team.alert_calls_per_token_hour = row["team__alert_calls_per_token_hour"]
         team.alert_denials_per_10_minutes = row["team__alert_denials_per_10_minutes"]
+        # And what the bridge does with the result's findings, sent with an allowed decision.
+        team.result_instructions = row["team__result_instructions"]
+        team.result_secrets = row["team__result_secrets"]
+        team.result_personal_data = row["team__result_personal_data"]
         # Defence in depth: the bridge was refused at its hello, but the scope may have changed since.
         in_scope = server_in_scope(row["servers"] or [], server)
         # Lock the call row only, and read its id alone: nearly every call is new, and this runs for each.
@@ -378,6 +385,7 @@ def call_report_result(
     summary: str,
     duration_ms: int,
     findings: list[dict[str, Any]] | None = None,
+    action: str | None = None,
 ) -> ToolCall:
     """Record what the upstream answered to a call the bridge ran, and what the bridge's inspection found
     in it (``mcpbridge.inspection``): instructions aimed at the model or hidden text alert the admins."""
@@ -395,6 +403,7 @@ def call_report_result(
             result_summary=summary[:2000],
             duration_ms=duration_ms,
             result_findings=findings,
+            result_action=action or "",
         )
         # The answer reads only who decided; the team and token are the reporting token's own.
         call = ToolCall.objects.select_related("decided_by").filter(pk=key, token=token).first()
@@ -403,7 +412,7 @@ def call_report_result(
         call.token, call.team = token, token.team
         if not changed:
             raise CallAlreadyDecided(call)
-        extra: dict[str, Any] = {"findings": finding_counts(findings)} if findings else {}
+        extra: dict[str, Any] = {"findings": finding_counts(findings), "action": action} if findings else {}
         audit_record(
             kind=f"call.{state}",
             team=call.team,
