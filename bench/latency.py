@@ -4,12 +4,20 @@ Paths, each driven by the `mcp` SDK's ClientSession over stdio against the same 
   direct     client → upstream
   sketch     client → bare SDK stdio proxy (shared/reference/bridge_sketch.py) → upstream
   fastmcp    client → FastMCP's create_proxy (bench/fastmcp_proxy.py) → upstream, with --fastmcp-python
-  mcpbridge  client → mcpbridge → upstream, the call auto-allowed by a rule and audited by a real Daphne
+  mcpbridge  client → mcpbridge → upstream, the call auto-allowed by a rule and audited by a real Daphne; the
+             team's result policy is the default (instructions and secrets masked), so the bridge inspects
+             each result before the client gets it
+  mcpbridge-pass  the same with a team whose result policy only passes: results are inspected after the
+             answer (mcpbridge minus mcpbridge-pass is what inline inspection adds)
+
+With --result-kb N the echoed text is N KB of clean text from the ordinary corpus (bench/inspection.py), so
+the table shows what inspecting a clean result of that size adds (issue 7's bar: 10 KB adds ≤ 1 ms p50).
 
 Rounds alternate between the paths so that drift on the machine hits all of them alike. Daphne runs on the
 embedded default (SQLite), or on PostgreSQL + Redis when DATABASE_URL and REDIS_URL are set.
 
     .venv/bin/python bench/latency.py [--calls 200] [--rounds 3] [--fastmcp-python /tmp/fmvenv/bin/python]
+                                      [--result-kb 10]
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def start_signoff(state: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+def start_signoff(state: Path) -> tuple[subprocess.Popen[bytes], str, str, str]:
     """A Daphne on the embedded default, with a team whose rule allows every call of the bench server."""
     env = {**os.environ, "SIGNOFF_STATE_DIR": str(state), "SECRET_KEY": secrets.token_urlsafe(40)}
     env["SIGNOFF_LOG_LEVEL"] = "WARNING"
@@ -63,6 +71,12 @@ def start_signoff(state: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     member_add(team=team, user=user, role="admin")
     _, raw = token_issue(team=team, user=user, name="bench")
     Rule.objects.create(team=team, effect="allow", server="bench", tool="*")
+    passing = team_create(name="Bench pass")
+    passing.result_instructions = passing.result_secrets = passing.result_personal_data = "pass"
+    passing.save()
+    member_add(team=passing, user=user, role="admin")
+    _, raw_pass = token_issue(team=passing, user=user, name="bench-pass")
+    Rule.objects.create(team=passing, effect="allow", server="bench", tool="*")
     from django.db import connections
 
     connections.close_all()  # the bench's own connection must not hold SQLite's lock or a PG session
@@ -90,7 +104,7 @@ def start_signoff(state: Path) -> tuple[subprocess.Popen[bytes], str, str]:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
-    return process, f"http://127.0.0.1:{port}", raw
+    return process, f"http://127.0.0.1:{port}", raw, raw_pass
 
 
 async def open_session(stack: AsyncExitStack, command: list[str], env: dict[str, str]) -> Any:
@@ -104,12 +118,12 @@ async def open_session(stack: AsyncExitStack, command: list[str], env: dict[str,
     return session
 
 
-async def timed(session: Any, calls: int, what: str) -> list[float]:
+async def timed(session: Any, calls: int, what: str, text: str = "") -> list[float]:
     samples = []
     for index in range(calls):
         started = time.perf_counter()
         if what == "call":
-            result = await session.call_tool("echo", {"text": f"bench {index}"})
+            result = await session.call_tool("echo", {"text": f"{text or 'bench'} {index}"})
             if result.is_error:
                 raise RuntimeError(f"bench call failed: {result.content}")
         else:
@@ -124,7 +138,9 @@ async def run(
     daphne: subprocess.Popen[bytes],
     url: str,
     token: str,
+    token_pass: str,
     fastmcp_python: str | None,
+    text: str,
 ) -> None:
     env = {**os.environ, "SIGNOFF_URL": url, "SIGNOFF_TOKEN": token}
     paths: dict[str, list[str]] = {"direct": UPSTREAM}
@@ -136,22 +152,29 @@ async def run(
         paths["fastmcp"] = [fastmcp_python, str(ROOT / "bench" / "fastmcp_proxy.py"), *UPSTREAM]
     bridge = [str(BIN / "mcpbridge"), "--name", "bench", "--log-level", "WARNING"]
     paths["mcpbridge"] = [*bridge, "--", *UPSTREAM]
+    paths["mcpbridge-pass"] = paths["mcpbridge"]
+    envs = {"mcpbridge-pass": {**env, "SIGNOFF_TOKEN": token_pass}}
     results: dict[tuple[str, str], list[float]] = {}
     try:
         async with AsyncExitStack() as stack:
-            sessions = {name: await open_session(stack, command, env) for name, command in paths.items()}
+            sessions = {
+                name: await open_session(stack, command, envs.get(name, env))
+                for name, command in paths.items()
+            }
             for session in sessions.values():  # warm-up
                 await timed(session, 20, "call")
                 await timed(session, 5, "list")
             for _ in range(rounds):
                 for name, session in sessions.items():
                     for what in ("call", "list"):
-                        results.setdefault((name, what), []).extend(await timed(session, calls, what))
+                        samples = await timed(session, calls, what, text)
+                        results.setdefault((name, what), []).extend(samples)
     finally:
         daphne.terminate()
         daphne.wait(10)
 
-    print(f"\n{rounds} rounds x {calls} calls per path, alternating; milliseconds\n")
+    size = f"{len(text.encode()) / 1024:.1f} KB of clean text" if text else "a few bytes"
+    print(f"\n{rounds} rounds x {calls} calls per path, alternating; echoed: {size}; milliseconds\n")
     labels = {"call": "tools/call (auto-allowed, audited)", "list": "tools/list (pass-through)"}
     for what, label in labels.items():
         direct = results[("direct", what)]
@@ -179,6 +202,13 @@ async def run(
             f50 = percentile(results[("fastmcp", what)], 0.5) - d50
             b50 = percentile(results[("mcpbridge", what)], 0.5) - d50
             print(f"added latency, mcpbridge / FastMCP create_proxy: p50 {b50 / f50:.2f}x")
+        if what == "call":
+            inline = percentile(results[("mcpbridge", what)], 0.5) - percentile(
+                results[("mcpbridge-pass", what)], 0.5
+            )
+            print(
+                f"inspecting the result before the answer (mcpbridge - mcpbridge-pass): p50 {inline:+.2f} ms"
+            )
         print()
 
 
@@ -191,10 +221,17 @@ def main() -> None:
     parser.add_argument(
         "--fastmcp-python", help="an interpreter with the fastmcp package: adds FastMCP's create_proxy"
     )
+    parser.add_argument("--result-kb", type=int, default=0, help="echo this many KB of clean text")
     args = parser.parse_args()
     print(f"database: {'PostgreSQL + Redis' if os.environ.get('DATABASE_URL') else 'embedded (SQLite)'}")
-    daphne, url, token = start_signoff(Path(tempfile.mkdtemp(prefix="signoff-bench-")))
-    anyio.run(run, args.calls, args.rounds, daphne, url, token, args.fastmcp_python)
+    text = ""
+    if args.result_kb:
+        sys.path.insert(0, str(ROOT / "bench"))
+        from inspection import clean_text
+
+        text = clean_text("mixed", args.result_kb * 1024 - 16)
+    daphne, url, token, token_pass = start_signoff(Path(tempfile.mkdtemp(prefix="signoff-bench-")))
+    anyio.run(run, args.calls, args.rounds, daphne, url, token, token_pass, args.fastmcp_python, text)
 
 
 if __name__ == "__main__":
