@@ -7,6 +7,10 @@ transaction with one audit event. The schema is documented in docs/policy-as-cod
     version: 1
     team: alpha            # informational: a file can be imported into any team
     mode: review           # optional: review | whitelist
+    results:               # optional: what bridges do with a result's findings (docs/inspection.md)
+      instructions: mask   # pass | mask | block: instructions aimed at the model, hidden text
+      secrets: mask        # pass | mask | block
+      personal_data: pass  # pass | mask | block
     rules:
       - effect: allow      # allow | deny
         server: files      # glob
@@ -51,7 +55,13 @@ MAX_FILE_BYTES: Final = 2 * 1024 * 1024
 MAX_RULES: Final = 10_000
 MAX_PROBLEMS: Final = 50
 """Problems reported at most; the rest are counted."""
-TOP_KEYS: Final = ("version", "team", "mode", "rules", "limits")
+TOP_KEYS: Final = ("version", "team", "mode", "results", "rules", "limits")
+RESULT_KEYS: Final = {
+    "instructions": "result_instructions",
+    "secrets": "result_secrets",
+    "personal_data": "result_personal_data",
+}
+"""The ``results`` section's keys, and the team's fields they set."""
 RULE_KEYS: Final = ("effect", "server", "tool", "constraints", "note", "enabled", "expires_at")
 LIMIT_KEYS: Final = ("scope", "server", "tool", "window", "max_calls", "note", "enabled")
 MODES: Final = tuple(Team.Mode.values)
@@ -88,6 +98,8 @@ class PolicyFile:
     mode: str | None
     rules: list[RuleValues]
     limits: list[LimitValues] | None = None
+    results: dict[str, str] | None = None
+    """The ``results`` section (key → pass, mask or block); None leaves the team's result policy as it is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +114,8 @@ class ImportResult:
     limits_added: int = 0
     limits_removed: int = 0
     limits_kept: int = 0
+    results_changed: tuple[str, ...] = ()
+    """The ``results`` keys the import changed."""
 
     @property
     def changed(self) -> bool:
@@ -111,6 +125,7 @@ class ImportResult:
             or self.mode_before != self.mode_after
             or self.limits_added
             or self.limits_removed
+            or self.results_changed
         )
 
     def __str__(self) -> str:
@@ -121,6 +136,8 @@ class ImportResult:
             text += f"; {limits}, {self.limits_removed} removed, {self.limits_kept} unchanged"
         if self.mode_before != self.mode_after:
             text += f"; mode {self.mode_before} → {self.mode_after}"
+        if self.results_changed:
+            text += f"; result policy changed ({', '.join(self.results_changed)})"
         return text
 
 
@@ -169,6 +186,7 @@ def export_document(team: Team) -> dict[str, Any]:
         "version": SCHEMA_VERSION,
         "team": team.slug,
         "mode": str(team.mode),
+        "results": {key: str(getattr(team, field)) for key, field in RESULT_KEYS.items()},
         "rules": [rule_document(rule) for rule in Rule.objects.filter(team=team).order_by("id")],
         "limits": [limit_document(limit) for limit in RateLimit.objects.filter(team=team).order_by("id")],
     }
@@ -348,6 +366,7 @@ def _check(data: Any, problems: _Problems) -> PolicyFile | None:
     mode = data.get("mode")
     if mode is not None and mode not in MODES:
         problems.add(("mode",), f"must be one of: {', '.join(MODES)}")
+    results = _check_results(data, problems)
     if "team" in data and not isinstance(data["team"], str):
         problems.add(("team",), "must be a team slug (text)")
     rules = data.get("rules")
@@ -368,7 +387,23 @@ def _check(data: Any, problems: _Problems) -> PolicyFile | None:
     limits = _check_limits(data, problems)
     if problems.items:
         return None
-    return PolicyFile(mode=mode, rules=checked, limits=limits)
+    return PolicyFile(mode=mode, rules=checked, limits=limits, results=results)
+
+
+def _check_results(data: dict[str, Any], problems: _Problems) -> dict[str, str] | None:
+    if "results" not in data:
+        return None
+    results = data["results"]
+    if not isinstance(results, dict):
+        problems.add(("results",), f"must be a mapping with {', '.join(RESULT_KEYS)}")
+        return None
+    actions = Team.ResultAction.values
+    for key, value in results.items():
+        if key not in RESULT_KEYS:
+            problems.add(("results", key), f"unknown key (expected: {', '.join(RESULT_KEYS)})")
+        elif value not in actions:
+            problems.add(("results", key), f"must be one of: {', '.join(actions)}")
+    return {key: value for key, value in results.items() if key in RESULT_KEYS}
 
 
 def _check_limits(data: dict[str, Any], problems: _Problems) -> list[LimitValues] | None:
@@ -626,6 +661,16 @@ def import_policy(
         if mode_after != mode_before:
             locked.mode = mode_after
             fields.append("mode")
+        results_changed: list[str] = []
+        results_record: dict[str, Any] = {}
+        for key, action in (policy_file.results or {}).items():
+            field = RESULT_KEYS[key]
+            if getattr(locked, field) != action:
+                results_record[key] = {"before": getattr(locked, field), "after": action}
+                setattr(locked, field, action)
+                setattr(team, field, action)
+                fields.append(field)
+                results_changed.append(key)
         locked.save(update_fields=fields)
         team.mode, team.rules_version = locked.mode, locked.rules_version
         limits_record: dict[str, Any] = {}
@@ -646,6 +691,7 @@ def import_policy(
             mode_before=mode_before,
             mode_after=mode_after,
             **limits_record,
+            **({"results": results_record} if results_record else {}),
         )
     return ImportResult(
         added=len(created),
@@ -656,6 +702,7 @@ def import_policy(
         limits_added=len(limits_created),
         limits_removed=len(limits_removed),
         limits_kept=limits_kept,
+        results_changed=tuple(results_changed),
     )
 
 

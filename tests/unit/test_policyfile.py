@@ -330,3 +330,32 @@ def test_rules_with_odd_characters_survive_export_and_import(team_a, fmt: str, o
     text = export_text(team_a, fmt=fmt)
     import_text(team=team_a, text=text, fmt=fmt, by=None)
     assert Rule.objects.get(team=team_a).note == odd
+
+
+# --- the result policy ------------------------------------------------------------------------------
+def test_the_result_policy_is_exported_and_imported(team_a, team_b, admin) -> None:
+    team_a.result_secrets = "block"
+    team_a.save()
+    document = yaml.safe_load(export_text(team_a))
+    assert document["results"] == {"instructions": "mask", "secrets": "block", "personal_data": "pass"}
+    result = import_text(team=team_b, text=export_text(team_a), by=admin)
+    assert result.results_changed == ("secrets",) and "result policy changed (secrets)" in str(result)
+    team_b.refresh_from_db()
+    assert team_b.result_policy() == team_a.result_policy()
+    event = AuditEvent.objects.filter(team=team_b, kind="rules.imported").latest("seq")
+    assert event.data["results"] == {"secrets": {"before": "mask", "after": "block"}}
+
+
+def test_a_file_without_results_leaves_the_policy_and_a_bad_one_is_refused_with_its_line(
+    team_a, admin
+) -> None:
+    team_a.result_personal_data = "mask"
+    team_a.save()
+    import_text(team=team_a, text="version: 1\nrules: []\n", by=admin)
+    team_a.refresh_from_db()
+    assert team_a.result_personal_data == "mask"
+    with pytest.raises(PolicyFileError) as refused:
+        parse_policy("version: 1\nresults:\n  secrets: hold\n  tone: quiet\nrules: []\n")
+    text = str(refused.value)
+    assert "line 3" in text and "secrets" in text and "pass, mask, block" in text
+    assert "line 4" in text and "tone" in text
