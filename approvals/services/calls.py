@@ -701,4 +701,5 @@ def call_states_for_bridge(*, token: BridgeToken, call_ids: list[str]) -> list[T
             keys.append(uuid.UUID(raw))
         except (ValueError, TypeError, AttributeError):
             continue
-    return list(ToolCall.objects.select_related("decided_by").filter(token=token, pk__in=keys))
+    # The team too: an allowed call's answer carries its result policy (read in async code: no lazy query).
+    return list(ToolCall.objects.select_related("decided_by", "team").filter(token=token, pk__in=keys))

@@ -192,6 +192,7 @@ async def test_admin_exports_the_policy_and_imports_files_all_or_nothing_in_the_
         "version": 1,
         "team": team.team.slug,
         "mode": "review",
+        "results": {"instructions": "mask", "secrets": "mask", "personal_data": "pass"},
         "rules": expected_rules,
         "limits": [],
     }

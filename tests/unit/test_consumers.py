@@ -494,6 +494,27 @@ async def test_status_resyncs_the_bridge_from_the_database(
     assert await bridge.receive_nothing(timeout=0.1)
 
 
+async def test_status_of_an_allowed_call_carries_the_teams_result_policy(
+    open_bridge, member_token: Issued, reviewer: Any
+) -> None:
+    bridge = await open_bridge(member_token.raw)
+    await bridge.send_to(text_data=call(ref="r1"))
+    call_id = (await receive(bridge))["call_id"]
+    await bridge.disconnect()  # allowed while the bridge is away (a restart): it re-syncs with a status
+    await database_sync_to_async(call_decide)(call_id=call_id, reviewer=reviewer, allow=True)
+
+    bridge = await open_bridge(member_token.raw)
+    await bridge.send_to(text_data=protocol.encode(protocol.Status(call_ids=[call_id])))
+    decision = await receive(bridge)
+    assert (decision["state"], decision["run"]) == ("allowed", False)
+    assert decision["result_policy"] == {
+        "instruction": "mask",
+        "hidden_text": "mask",
+        "secret": "mask",
+        "pii": "pass",
+    }
+
+
 async def test_repeating_a_held_call_reattaches_over_the_socket(open_bridge, member_token: Issued) -> None:
     bridge = await open_bridge(member_token.raw)
     await bridge.send_to(text_data=call(ref="r1"))
