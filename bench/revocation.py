@@ -9,7 +9,7 @@ held for a reviewer), then times, from the moment the revoke request leaves:
 
 With ``REDIS_URL`` set, A and B are two Daphne processes joined by channels-redis (the event goes A → Redis →
 B); without it, the embedded default (in-memory channel layer), A and B are the same process. With
-``DATABASE_URL`` the database must exist (it is migrated, and a new team is added to it).
+``DATABASE_URL`` the database is created if missing, migrated, and a new team is added to it.
 
     .venv/bin/python bench/revocation.py [--rounds 50]
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/signoff_bench REDIS_URL=redis://127.0.0.1:6379/13 \\
@@ -21,58 +21,15 @@ from __future__ import annotations
 import argparse
 import http.cookiejar
 import os
-import secrets
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import anyio
 import websockets
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-TOOL_HASH = "d" * 64
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_daphne(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url + "/accounts/login/", timeout=2)
-            return process, url
-        except Exception:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise
-            time.sleep(0.1)
+from _common import TOOL_HASH, bench_env, describe_setup, percentile, session_cookie, start_daphne
 
 
 class _KeepRedirects(urllib.request.HTTPRedirectHandler):
@@ -91,7 +48,7 @@ class AdminBrowser:
         self.opener = urllib.request.build_opener(*handlers)
 
     def open(self, path: str, *, post: bool = False) -> int:
-        csrf = next((c.value for c in self.jar if c.name == "csrftoken"), "")
+        csrf = next((c.value or "" for c in self.jar if c.name == "csrftoken"), "")
         cookie = self.session + (f"; csrftoken={csrf}" if csrf else "")
         request = urllib.request.Request(
             self.url + path, data=b"" if post else None, headers={"Cookie": cookie, "X-CSRFToken": csrf}
@@ -104,30 +61,18 @@ class AdminBrowser:
 
 
 def setup() -> tuple[Any, Any, str]:
-    """Migrate, then a team in review mode with an admin (logged in) and a member who owns the tokens."""
-    import django
-
-    django.setup()
-    from django.conf import settings
-    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
-    from django.contrib.sessions.backends.db import SessionStore
-    from django.core.management import call_command
+    """A team in review mode with an admin (logged in) and a member who owns the tokens."""
+    import secrets
 
     from approvals.services.teams import member_add, team_create, user_get_or_create
 
-    call_command("migrate", verbosity=0)
     tag = secrets.token_hex(3)
     team = team_create(name=f"Revocation bench {tag}", slug=f"revbench-{tag}")
     admin = user_get_or_create(email=f"admin-{tag}@example.com")
     member = user_get_or_create(email=f"dev-{tag}@example.com")
     member_add(team=team, user=admin, role="admin")
     member_add(team=team, user=member, role="member")
-    store = SessionStore()
-    store[SESSION_KEY] = str(admin.pk)
-    store[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
-    store[HASH_SESSION_KEY] = admin.get_session_auth_hash()
-    store.save()
-    return team, member, f"{settings.SESSION_COOKIE_NAME}={store.session_key}"
+    return team, member, session_cookie(admin)
 
 
 async def one_round(team: Any, member: Any, admin: AdminBrowser, bridge_url: str) -> dict[str, float]:
@@ -206,22 +151,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
 
-    state = Path(tempfile.mkdtemp(prefix="signoff-bench-"))
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "SIGNOFF_STATE_DIR": str(state),
-        "SECRET_KEY": secrets.token_urlsafe(40),
-        "SIGNOFF_CHANNEL_PREFIX": f"signoff-bench-{os.getpid()}",
-        "SIGNOFF_LOG_LEVEL": "WARNING",
-    }
-    os.environ.update(env)
-    # This process only issues tokens between rounds, from the event loop's thread; the servers never get it.
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    sys.path.insert(0, str(ROOT))
+    env = bench_env("revocation")
     redis = bool(os.environ.get("REDIS_URL"))
     team, member, session = setup()
-    from django.conf import settings
 
     with ExitStack() as stack:
         daphnes = []
@@ -236,11 +168,8 @@ def main() -> None:
             admin.open(f"/tokens/?team={team.slug}") != 200
         ):  # the page the admin clicks on; sets the CSRF cookie
             raise RuntimeError("the admin cannot open the tokens page")
-        database = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
-        layer = settings.CHANNEL_LAYERS["default"]["BACKEND"].rsplit(".", 1)[-1]
         where = "two Daphne processes (A ≠ B)" if redis else "one Daphne process (A = B)"
-        load = os.getloadavg()[0]
-        print(f"{where}; database {database}; channel layer {layer}; {os.cpu_count()} CPUs, load {load:.2f}")
+        print(f"{where}; {describe_setup(len(daphnes))}")
         bridge_url = "ws" + b_url.removeprefix("http") + "/ws/bridge/"
         anyio.run(run, args.rounds, args.warmup, team, member, admin, bridge_url)
 
