@@ -603,8 +603,9 @@ def _record_decision(
         reason=text,
         always_allow=rule.pk if rule else None,
     )
-    realtime.call_changed(call)
+    # The bridge first: it is waiting on this decision, while the pages only redraw their queue.
     realtime.decision_changed(call)
+    realtime.call_changed(call)
     if call.state == State.DENIED:
         alerts_call_denied(call=call)  # a reviewer's denial counts toward a burst too, on commit
 
