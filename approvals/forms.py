@@ -65,6 +65,9 @@ class TeamSettingsForm(forms.ModelForm):
             "alert_calls_per_token_hour",
             "alert_denials_per_10_minutes",
             "payload_retention_days",
+            "result_instructions",
+            "result_secrets",
+            "result_personal_data",
         ]
         labels = {
             "default_deadline_seconds": "Deadline for held calls (seconds)",
@@ -74,6 +77,9 @@ class TeamSettingsForm(forms.ModelForm):
             "alert_calls_per_token_hour": "Alert when one token makes more calls in an hour than",
             "alert_denials_per_10_minutes": "Alert when more calls are denied within 10 minutes than",
             "payload_retention_days": "Clear call arguments and results after (days)",
+            "result_instructions": "Instructions aimed at the model, hidden text",
+            "result_secrets": "Secrets (API keys, tokens, private keys, passwords)",
+            "result_personal_data": "Personal data (emails, phone and card numbers)",
         }
         widgets = {"mode": forms.RadioSelect}
 
@@ -87,6 +93,9 @@ class TeamSettingsForm(forms.ModelForm):
         # Likewise the retention: left out of a post, it keeps its value.
         self.fields["payload_retention_days"].required = False
         self.fields["payload_retention_days"].widget.attrs.update(min=0, max=MAX_RETENTION_DAYS)
+        # And the result policy: a field left out keeps its action.
+        for name in ("result_instructions", "result_secrets", "result_personal_data"):
+            self.fields[name].required = False
 
     def clean_default_deadline_seconds(self) -> int:
         seconds = int(self.cleaned_data["default_deadline_seconds"])

@@ -673,9 +673,9 @@ def import_policy(
                 results_changed.append(key)
         locked.save(update_fields=fields)
         team.mode, team.rules_version = locked.mode, locked.rules_version
-        limits_record: dict[str, Any] = {}
+        limits_record: dict[str, Any] = {"results": results_record} if results_record else {}
         if policy_file.limits is not None:
-            limits_record = {
+            limits_record |= {
                 "limits_added": [_limit_brief(limit) for limit in limits_created],
                 "limits_removed": [_limit_brief(limit) for limit in limits_removed],
                 "limits_kept": limits_kept,
@@ -691,7 +691,6 @@ def import_policy(
             mode_before=mode_before,
             mode_after=mode_after,
             **limits_record,
-            **({"results": results_record} if results_record else {}),
         )
     return ImportResult(
         added=len(created),

@@ -21,6 +21,7 @@ from approvals.services import audit_search
 from approvals.services import calls as call_services
 from approvals.services.invitations import invitations_open_for
 from approvals.services.teams import (
+    RESULT_POLICY_FIELDS,
     LastAdminError,
     MfaLockout,
     member_add,
@@ -268,6 +269,11 @@ def team_settings(request: HttpRequest) -> HttpResponse:
                 alert_calls_per_token_hour=form.cleaned_data.get("alert_calls_per_token_hour"),
                 alert_denials_per_10_minutes=form.cleaned_data.get("alert_denials_per_10_minutes"),
                 payload_retention_days=form.cleaned_data.get("payload_retention_days"),
+                result_policy={
+                    field: action
+                    for field in RESULT_POLICY_FIELDS
+                    if (action := form.cleaned_data.get(field))
+                },
             )
         except MfaLockout as exc:
             form.add_error("require_mfa", str(exc))

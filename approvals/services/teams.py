@@ -154,6 +154,10 @@ class MfaLockout(ValueError):
     """Requiring two-factor would at once take away the rights of the admin who asks for it."""
 
 
+RESULT_POLICY_FIELDS = ("result_instructions", "result_secrets", "result_personal_data")
+"""The team's result policy, by kind of finding; ``team_settings_change(result_policy=…)`` sets them."""
+
+
 def team_settings_change(
     *,
     team: Team,
@@ -167,6 +171,7 @@ def team_settings_change(
     alert_calls_per_token_hour: int | None = None,
     alert_denials_per_10_minutes: int | None = None,
     payload_retention_days: int | None = None,
+    result_policy: dict[str, str] | None = None,
 ) -> Team:
     """Change a team's settings; audited with what changed. ``None`` leaves a setting as it is (the yes/no
     ones and the alert thresholds, where 0 turns that alert off).
@@ -176,6 +181,9 @@ def team_settings_change(
     """
     if mode not in Team.Mode.values:
         raise ValueError(f"Unknown mode {mode!r}.")
+    for field, action in (result_policy or {}).items():
+        if field not in RESULT_POLICY_FIELDS or action not in Team.ResultAction.values:
+            raise ValueError(f"Unknown result policy {field}={action!r}.")
     with transaction.atomic():
         locked = Team.objects.select_for_update().get(pk=team.pk)
         if require_mfa and not locked.require_mfa and not has_totp(by.pk):
@@ -199,6 +207,7 @@ def team_settings_change(
             new["alert_denials_per_10_minutes"] = alert_denials_per_10_minutes
         if payload_retention_days is not None:  # 0 keeps payloads; see services/retention.py
             new["payload_retention_days"] = payload_retention_days
+        new.update(result_policy or {})  # what bridges do with results' findings (docs/inspection.md)
         changed = {field: value for field, value in new.items() if getattr(locked, field) != value}
         if not changed:
             return locked

@@ -90,3 +90,35 @@ def test_an_admin_with_an_app_may_require_two_factor(admin, team_a) -> None:
     assert logged_in(admin).post(SETTINGS, form(require_mfa="on")).status_code == 302
     team_a.refresh_from_db()
     assert team_a.require_mfa
+
+
+def test_the_result_policy_is_saved_audited_and_sent_with_the_next_allowed_decision(
+    admin, team_a, member_token, submit
+) -> None:
+    from approvals.models import Rule
+    from approvals.realtime import decision_for
+
+    page = logged_in(admin).get(SETTINGS).content.decode()
+    assert "Instructions aimed at the model" in page and 'name="result_secrets"' in page
+    response = logged_in(admin).post(SETTINGS, form(result_secrets="block", result_personal_data="mask"))
+    assert response.status_code == 302
+    event = AuditEvent.objects.get(kind="team.settings_changed")
+    assert event.data["changed"] == {"result_secrets": "block", "result_personal_data": "mask"}
+    Rule.objects.create(team=team_a, effect="allow", server="*", tool="*")
+    allowed = submit(member_token.token).call
+    assert decision_for(allowed, run=True).result_policy == {
+        "instruction": "mask",
+        "hidden_text": "mask",
+        "secret": "block",
+        "pii": "mask",
+    }
+
+
+def test_a_post_without_the_result_policy_keeps_it(admin, team_a) -> None:
+    team_a.result_instructions = "block"
+    team_a.save()
+    logged_in(admin).post(SETTINGS, form())
+    team_a.refresh_from_db()
+    assert team_a.result_instructions == "block"
+    response = logged_in(admin).post(SETTINGS, form(result_secrets="shred"))
+    assert response.status_code == 200 and "Select a valid choice" in response.content.decode()
