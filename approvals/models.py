@@ -209,6 +209,25 @@ class Rule(models.Model):
         help_text="Argument constraints, all of which must hold for the rule to match (see docs/policy.md).",
     )
     note = models.CharField(max_length=500, blank=True)
+    # What an allowed call's bridge does with its result's findings, by kind; empty: the team's setting.
+    result_instructions = models.CharField(
+        max_length=8,
+        choices=Team.ResultAction.choices,
+        blank=True,
+        help_text="Overrides the team's action on instructions and hidden text in results it allows.",
+    )
+    result_secrets = models.CharField(
+        max_length=8,
+        choices=Team.ResultAction.choices,
+        blank=True,
+        help_text="Overrides the team's action on secrets in results of calls it allows.",
+    )
+    result_personal_data = models.CharField(
+        max_length=8,
+        choices=Team.ResultAction.choices,
+        blank=True,
+        help_text="Overrides the team's action on personal data in results of calls it allows.",
+    )
     enabled = models.BooleanField(default=True)
     expires_at = models.DateTimeField(null=True, blank=True, help_text="The rule stops matching after this.")
     created_by = models.ForeignKey(
@@ -459,6 +478,7 @@ class Alert(models.Model):
         TOOL_CHANGED = "tool_changed", "Tool definition changed"
         NEW_ADDRESS = "new_address", "Token used from a new address"
         RESULT = "result", "Instructions or hidden text in a result"
+        NETWORK = "network", "Connection from outside the allowed networks"
 
     class State(models.TextChoices):
         OPEN = "open", "Open"
