@@ -21,6 +21,7 @@ from approvals.logging import log_bind, new_request_id
 from approvals.models import BridgeToken, Team
 from approvals.services import calls as call_services
 from approvals.services.inventory import sighting_of, upstream_seen
+from approvals.services.server_review import unapproved_server_refusal
 from approvals.services.tokens import server_in_scope, token_scope_refused, token_touch
 from approvals.services.tools import tools_seen
 from mcpbridge import protocol
@@ -146,6 +147,7 @@ class BridgeConsumer(AsyncWebsocketConsumer):
             self.report = message
             self.tools_known = True  # sent after initialize, and after the tools
             await self._inventory()
+            await self._tell_if_unapproved()
         elif isinstance(message, protocol.Call):
             assert self.upstream is not None
             tool_hash, input_schema, annotations = self._called(message)
@@ -263,6 +265,18 @@ class BridgeConsumer(AsyncWebsocketConsumer):
             await database_sync_to_async(upstream_seen)(token=self.token, info=info)
         except Exception:
             log.exception("could not record upstream %r in the inventory", self.upstream.name)
+
+    async def _tell_if_unapproved(self) -> None:
+        """In a team that requires reviewed servers, tell the bridge at once that its server is not
+        approved (the bridge logs it; each call is denied with the same words by ``call_submit``). Once
+        the server is recorded with its command line, so that the review it needs can be done."""
+        assert self.token is not None and self.upstream is not None
+        refusal = await database_sync_to_async(unapproved_server_refusal)(
+            token=self.token, server=self.upstream.name
+        )
+        if refusal is not None:
+            log.warning("bridge told: server %r is not approved in its team", self.upstream.name)
+            await self._send(protocol.Error(code="server_not_approved", message=refusal))
 
     async def _send(self, message: protocol.Message) -> None:
         await self.send(text_data=protocol.encode(message))

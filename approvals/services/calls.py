@@ -24,6 +24,7 @@ from approvals.services.alerts import alerts_call_denied, alerts_call_recorded, 
 from approvals.services.audit import audit_record
 from approvals.services.notifications import notify_call_held
 from approvals.services.rules import RuleInvalid, rule_create, rule_spec
+from approvals.services.server_review import approval_refusal
 from approvals.services.tokens import scope_text, server_in_scope
 from approvals.services.tools import tool_pin_accept
 from mcpbridge.protocol import arguments_hash
@@ -115,6 +116,7 @@ def call_submit(
             "team__result_instructions",
             "team__result_secrets",
             "team__result_personal_data",
+            "team__require_reviewed_servers",
         )
         row = current.first()
         if (
@@ -135,6 +137,12 @@ def call_submit(
         team.result_personal_data = row["team__result_personal_data"]
         # Defence in depth: the bridge was refused at its hello, but the scope may have changed since.
         in_scope = server_in_scope(row["servers"] or [], server)
+        # The team lets its bridges use only servers an admin approved (docs/inventory.md).
+        unapproved = (
+            approval_refusal(token=token, server=server)
+            if in_scope and row["team__require_reviewed_servers"]
+            else None
+        )
         # Lock the call row only, and read its id alone: nearly every call is new, and this runs for each.
         existing_id = (
             ToolCall.objects.select_for_update()
@@ -153,7 +161,8 @@ def call_submit(
             .values_list("pk", flat=True)
             .first()
         )
-        if existing_id is not None and in_scope:  # out of scope, even a call held before is not run
+        # Out of scope or unapproved, even a call held before is not run.
+        if existing_id is not None and in_scope and unapproved is None:
             existing = _with_relations().get(pk=existing_id)
             run = existing.state == State.ALLOWED and _claim(existing, now=now)
             return Submitted(existing, run=run, reattached=True)
@@ -167,6 +176,8 @@ def call_submit(
                 f"denied: the token “{token.name}” may only front {scope_text(row['servers'])}, "
                 f"not the server '{server}'",
             )
+        elif unapproved is not None:
+            verdict = policy.Verdict("deny", unapproved)
         elif tool_hash is None:
             verdict = policy.Verdict("deny", f"denied: the server '{server}' has no tool named '{tool}'")
         else:

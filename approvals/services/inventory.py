@@ -22,8 +22,10 @@ from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from approvals.masking import is_sensitive_key, mask_text
-from approvals.models import BridgeToken, Team, ToolCall, Upstream, UpstreamChange, UpstreamUse
+from approvals.models import BridgeToken, ServerReview, Team, ToolCall, Upstream, UpstreamChange, UpstreamUse
+from approvals.services import server_review
 from approvals.services.audit import audit_record
+from approvals.services.least_privilege import PrivilegeWarning, team_warnings, upstream_warnings
 from mcpbridge import protocol
 
 FIELDS = (
@@ -233,6 +235,14 @@ class InventoryRow:
     users: int = 0
     calls: dict[str, int] = field(default_factory=dict)
     """Calls of the last ``CALLS_WINDOW`` by state."""
+    warnings: list[PrivilegeWarning] = field(default_factory=list)
+    review: ServerReview | None = None
+    """Its newest checklist review."""
+    status: str = server_review.UNREVIEWED
+
+    @property
+    def status_label(self) -> str:
+        return server_review.STATUS_LABELS[self.status]
 
     @property
     def calls_total(self) -> int:
@@ -303,9 +313,12 @@ def _calls_by_state(team: Team, servers: list[str], since: datetime) -> dict[str
     return counts
 
 
-def inventory_for(*, team: Team, q: str = "", transport: str = "") -> list[InventoryRow]:
-    """The team's servers, last seen first, optionally filtered by a name (the bridge's name or the
-    server's own) and a transport, with their users, tokens and calls of the last 30 days."""
+def inventory_for(
+    *, team: Team, q: str = "", transport: str = "", status: str = "", warned: bool = False
+) -> list[InventoryRow]:
+    """The team's servers, last seen first, with their users, tokens, calls of the last 30 days,
+    least-privilege warnings and checklist status; optionally filtered by a name (the bridge's name or
+    the server's own), a transport, a checklist status and having warnings."""
     upstreams = Upstream.objects.filter(team=team)
     if q:
         upstreams = upstreams.filter(Q(name__icontains=q) | Q(server_name__icontains=q))
@@ -321,11 +334,17 @@ def inventory_for(*, team: Team, q: str = "", transport: str = "") -> list[Inven
         .annotate(tokens=Count("token", distinct=True), users=Count("user", distinct=True))
     }
     calls = _calls_by_state(team, [r.upstream.name for r in rows], timezone.now() - CALLS_WINDOW)
+    listed = [row.upstream for row in rows]
+    warnings = team_warnings(team, listed)
+    reviews = server_review.latest_reviews(listed)
     for row in rows:
         use: dict[str, Any] = uses.get(row.upstream.pk, {})
         row.tokens, row.users = use.get("tokens", 0), use.get("users", 0)
         row.calls = calls.get(row.upstream.name, {})
-    return rows
+        row.warnings = warnings[row.upstream.pk]
+        row.review = reviews.get(row.upstream.pk)
+        row.status = server_review.status_of(row.review, server_review.reviewed_target(row.upstream))
+    return [row for row in rows if (not status or row.status == status) and (not warned or row.warnings)]
 
 
 @dataclass(frozen=True)
@@ -373,6 +392,18 @@ class UpstreamPage:
     calls: list[tuple[str, int]]
     """Calls of the last ``CALLS_WINDOW`` by state (``outcomes``)."""
     last_call_at: datetime | None
+    warnings: list[PrivilegeWarning]
+    reviews: list[ServerReview]
+    """Its checklist reviews, newest first (the latest 50)."""
+    status: str
+
+    @property
+    def status_label(self) -> str:
+        return server_review.STATUS_LABELS[self.status]
+
+    @property
+    def review(self) -> ServerReview | None:
+        return self.reviews[0] if self.reviews else None
 
 
 def upstream_page(*, upstream: Upstream) -> UpstreamPage:
@@ -383,6 +414,7 @@ def upstream_page(*, upstream: Upstream) -> UpstreamPage:
     last_call = ToolCall.objects.filter(team=upstream.team, server=upstream.name).aggregate(
         at=Max("created_at")
     )
+    reviews = list(upstream.reviews.select_related("author").order_by("-at", "-pk")[:50])
     return UpstreamPage(
         upstream=upstream,
         uses=list(upstream.uses.select_related("token", "user").order_by("-last_seen_at")[:200]),
@@ -394,4 +426,9 @@ def upstream_page(*, upstream: Upstream) -> UpstreamPage:
         env=[(name, is_sensitive_key(name)) for name in upstream.env_names],
         calls=outcomes(calls),
         last_call_at=last_call["at"],
+        warnings=upstream_warnings(upstream),
+        reviews=reviews,
+        status=server_review.status_of(
+            reviews[0] if reviews else None, server_review.reviewed_target(upstream)
+        ),
     )

@@ -40,6 +40,7 @@ from approvals.models import (
     Upstream,
 )
 from approvals.services import rules as rule_services
+from approvals.services import server_review
 from approvals.services.alerts import alert_raise
 from approvals.services.inventory import sighting_of, upstream_seen
 from approvals.services.invitations import invitation_create
@@ -75,7 +76,8 @@ MATRIX: dict[str, tuple[str, str]] = {
     "alerts_acknowledge_all": (NOT_ALLOWED, "L 302 403 403 403 403"),
     # The inventory of upstream servers is the team's record too (who runs what from which token).
     "inventory": ("L 200 403 403 200 403", NOT_ALLOWED),
-    "inventory_server": ("L 200 403 403 200 403", NOT_ALLOWED),
+    # Admins sign a server's security checklist off on its page; auditors read it.
+    "inventory_server": ("L 200 403 403 200 403", "L 302 403 403 403 403"),
     # Auditors read: they may not issue a bridge token (which would let them run tools).
     "tokens": ("L 200 200 200 200 403", "L 200 200 200 403 403"),
     "token_revoke": (NOT_ALLOWED, "L 302 403 302 403 403"),  # the token is the member's
@@ -134,7 +136,7 @@ MFA_MATRIX: dict[str, tuple[str, str]] = {
     "alert_acknowledge": ("405 405", "403 403"),
     "alerts_acknowledge_all": ("405 405", "403 403"),
     "inventory": ("M 403", "405 405"),
-    "inventory_server": ("M 403", "405 405"),
+    "inventory_server": ("M 403", "403 403"),
     "tokens": ("200 200", "200 200"),  # their own tokens, and they may issue one
     "token_revoke": ("405 405", "403 403"),  # the member's token: an admin's right, not a member's
     "members": ("M 403", "403 403"),  # a reviewer is refused as before: two-factor would not change it
@@ -253,6 +255,10 @@ def post_data(name: str, w: World) -> dict[str, Any]:
         "member_role": {"role": "reviewer"},
         "rule_new": rule,
         "rule_edit": {**rule, "note": "edited"},
+        "inventory_server": {
+            "verdict": "approve",
+            **{f"answer-{question.key}": "yes" for question in server_review.CHECKLIST},
+        },
         "rule_enabled": {"enabled": "0"},
         "notifications": {"kind": "email", "name": "ops", "target": "ops@example.com", "events": ["alert"]},
         "notification_enabled": {"enabled": "0"},
