@@ -15,9 +15,11 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import PermissionDenied
+from django.db import InterfaceError, OperationalError
 
 from approvals import access, metrics, realtime, scopes, security, selectors
 from approvals.logging import log_bind, new_request_id
+from approvals.middleware import DATABASE_UNAVAILABLE
 from approvals.models import BridgeToken, Team
 from approvals.services import calls as call_services
 from approvals.services.inventory import sighting_of, upstream_seen
@@ -34,6 +36,10 @@ CLOSE_UNAVAILABLE = 4503
 UNAVAILABLE = (
     "Signoff is temporarily unavailable: it cannot reach its message broker (Redis), so no decision "
     "could reach this bridge. Nothing was run; try again shortly"
+)
+DATABASE_DOWN = (
+    "Signoff is temporarily unavailable: it cannot reach its database, so nothing can be recorded or "
+    "decided. Nothing was run; try again shortly"
 )
 
 
@@ -58,6 +64,10 @@ class BridgeConsumer(AsyncWebsocketConsumer):
         self.tools_known = False
         # Accept first, so the bridge sees why it is refused instead of a bare HTTP 403.
         await self.accept()
+        if self.scope.get(DATABASE_UNAVAILABLE):  # the token could not be checked: not refused, not let in
+            await self._send(protocol.Error(code="unavailable", message=DATABASE_DOWN))
+            await self.close(code=CLOSE_UNAVAILABLE, reason="database unavailable")
+            return
         if self.token is None:
             await self._send(
                 protocol.Error(
@@ -132,6 +142,16 @@ class BridgeConsumer(AsyncWebsocketConsumer):
             await self._send(realtime.decision_for(exc.call, ref=getattr(message, "ref", None)))
         except call_services.TokenUnusable:
             await self.bridge_revoked({"reason": "the token is no longer valid"})
+        except (OperationalError, InterfaceError) as exc:
+            # The database is down: this request fails (a call is denied by the bridge, not run); the
+            # socket stays, so held calls are still followed once the database is back.
+            log.error("bridge %s not served: the database is unreachable: %s", message.type, exc)
+            await self._send(
+                protocol.Error(code="unavailable", message=DATABASE_DOWN, ref=getattr(message, "ref", None))
+            )
+            if isinstance(message, protocol.Hello):  # not welcomed: the bridge reconnects with backoff
+                self.upstream = None
+                await self.close(code=CLOSE_UNAVAILABLE, reason="database unavailable")
 
     async def _dispatch(self, message: Any) -> None:
         assert self.token is not None

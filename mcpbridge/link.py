@@ -106,12 +106,14 @@ class SignoffLink:
         return self._socket is not None and self.welcome is not None
 
     async def run(self) -> None:
-        """Keep connected until cancelled or refused for good. Backoff: 0.25 s doubling to 10 s, jittered."""
+        """Keep connected until cancelled or refused for good. Backoff: 0.25 s doubling to 10 s, jittered.
+
+        The backoff starts over only after a connection that was welcomed: one refused or closed at once (the
+        server unavailable, its database down) keeps doubling it, so an outage is not hammered."""
         delay = 0.25
         while self.fatal is None:
             try:
                 await self._session()
-                delay = 0.25
             except websockets.exceptions.ConnectionClosed as exc:
                 frame = exc.rcvd
                 self._on_close(frame.code if frame else None, frame.reason if frame else "")
@@ -124,6 +126,8 @@ class SignoffLink:
             ) as exc:
                 self.last_error = _describe_failure(exc)
                 log.warning("Signoff link: %s", self.last_error)
+            if self.welcome is not None:  # this connection was welcomed: the next one is tried soon
+                delay = 0.25
             self._went_down()
             if self.fatal is not None:
                 break
