@@ -23,6 +23,7 @@ from approvals.middleware import DATABASE_UNAVAILABLE
 from approvals.models import BridgeToken, Team
 from approvals.services import calls as call_services
 from approvals.services.inventory import sighting_of, upstream_seen
+from approvals.services.networks import token_network_refused
 from approvals.services.server_review import unapproved_server_refusal
 from approvals.services.tokens import server_in_scope, token_scope_refused, token_touch
 from approvals.services.tools import tools_seen
@@ -77,6 +78,14 @@ class BridgeConsumer(AsyncWebsocketConsumer):
                 )
             )
             await self.close(code=protocol.CLOSE_UNAUTHORIZED, reason="token unknown, expired or revoked")
+            return
+        # The token's (or team's) allowed networks: refused, audited and alerted in one database call.
+        address = (self.scope.get("client") or (None, None))[0]
+        refusal = await database_sync_to_async(token_network_refused)(token=self.token, address=address)
+        if refusal is not None:
+            await self._send(protocol.Error(code="network_refused", message=refusal))
+            await self.close(code=protocol.CLOSE_NETWORK_REFUSED, reason="outside the allowed networks")
+            self.token = None  # nothing more from this socket is acted on
             return
         try:
             await self.channel_layer.group_add(realtime.bridge_group(self.token.pk), self.channel_name)

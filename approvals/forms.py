@@ -7,6 +7,7 @@ from typing import Any
 from django import forms
 
 from approvals.models import Membership, Team
+from approvals.services.networks import MAX_NETWORKS, NetworksInvalid, networks_parse
 from approvals.services.tokens import TokenScopeInvalid, token_servers_parse
 
 EXPIRY_CHOICES = [
@@ -36,11 +37,46 @@ class TokenIssueForm(forms.Form):
         widget=forms.TextInput(attrs={"placeholder": "any server", "autocomplete": "off"}),
     )
 
+    networks = forms.CharField(
+        max_length=4000,
+        required=False,
+        label="Networks",
+        help_text="Only from these client address ranges (CIDR, e.g. 10.0.0.0/8 or 2001:db8::/32), separated "
+        "by commas or spaces. Empty: the team's allowed networks.",
+        widget=forms.TextInput(attrs={"placeholder": "the team's", "autocomplete": "off"}),
+    )
+
     def clean_servers(self) -> list[str]:
         try:
             return token_servers_parse(self.cleaned_data.get("servers") or "")
         except TokenScopeInvalid as exc:
             raise forms.ValidationError(str(exc)) from None
+
+    def clean_networks(self) -> list[str]:
+        return _networks(self.cleaned_data.get("networks"))
+
+
+def _networks(text: str | None) -> list[str]:
+    """A typed list of networks, validated and normalised (``approvals.services.networks``)."""
+    try:
+        return networks_parse(text or "")
+    except NetworksInvalid as exc:
+        raise forms.ValidationError(str(exc)) from None
+
+
+class TokenNetworksForm(forms.Form):
+    """Change the networks an existing token may connect from."""
+
+    networks = forms.CharField(
+        max_length=4000,
+        required=False,
+        label="Networks",
+        help_text="CIDR ranges separated by commas or spaces; empty: the team's allowed networks.",
+        widget=forms.TextInput(attrs={"placeholder": "the team's", "autocomplete": "off"}),
+    )
+
+    def clean_networks(self) -> list[str]:
+        return _networks(self.cleaned_data.get("networks"))
 
 
 class MemberAddForm(forms.Form):
@@ -68,6 +104,7 @@ class TeamSettingsForm(forms.ModelForm):
             "result_instructions",
             "result_secrets",
             "result_personal_data",
+            "require_reviewed_servers",
         ]
         labels = {
             "default_deadline_seconds": "Deadline for held calls (seconds)",
@@ -80,8 +117,20 @@ class TeamSettingsForm(forms.ModelForm):
             "result_instructions": "Instructions aimed at the model, hidden text",
             "result_secrets": "Secrets (API keys, tokens, private keys, passwords)",
             "result_personal_data": "Personal data (emails, phone and card numbers)",
+            "require_reviewed_servers": "Only approved servers: bridges may front only servers whose "
+            "security checklist an admin approved",
         }
         widgets = {"mode": forms.RadioSelect}
+
+    allowed_networks_text = forms.CharField(
+        max_length=8000,
+        required=False,
+        label="Allowed networks",
+        help_text=f"One CIDR range per line (e.g. 10.0.0.0/8, 192.168.1.0/24, 2001:db8::/32), at most "
+        f"{MAX_NETWORKS}. Bridges may connect only from these; empty: from anywhere. A token with networks "
+        "of its own uses those instead.",
+        widget=forms.Textarea(attrs={"rows": 4, "placeholder": "anywhere", "autocomplete": "off"}),
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -96,6 +145,14 @@ class TeamSettingsForm(forms.ModelForm):
         # And the result policy: a field left out keeps its action.
         for name in ("result_instructions", "result_secrets", "result_personal_data"):
             self.fields[name].required = False
+        if self.instance.pk is not None:
+            self.fields["allowed_networks_text"].initial = "\n".join(self.instance.allowed_networks or [])
+
+    def clean_allowed_networks_text(self) -> list[str] | None:
+        """The team's networks; None when the post left the field out (an older page): they stay."""
+        if self.data is not None and "allowed_networks_text" not in self.data:
+            return None
+        return _networks(self.cleaned_data.get("allowed_networks_text"))
 
     def clean_default_deadline_seconds(self) -> int:
         seconds = int(self.cleaned_data["default_deadline_seconds"])

@@ -27,6 +27,7 @@ urlpatterns = [
     path("inventory/<int:upstream_id>/", inventory_views.inventory_server, name="inventory_server"),
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:token_id>/revoke/", views.token_revoke_view, name="token_revoke"),
+    path("tokens/<int:token_id>/networks/", views.token_networks_view, name="token_networks"),
     path("members/", views.members, name="members"),
     path("settings/", views.team_settings, name="team_settings"),
     path("members/<int:membership_id>/role/", views.member_role, name="member_role"),

@@ -9,17 +9,26 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from approvals import access, selectors
-from approvals.forms import InvitationForm, MemberAddForm, MemberRoleForm, TeamSettingsForm, TokenIssueForm
+from approvals.forms import (
+    InvitationForm,
+    MemberAddForm,
+    MemberRoleForm,
+    TeamSettingsForm,
+    TokenIssueForm,
+    TokenNetworksForm,
+)
 from approvals.models import BridgeToken, Membership, Team
 from approvals.services import audit_search
 from approvals.services import calls as call_services
 from approvals.services.invitations import invitations_open_for
+from approvals.services.networks import NetworksInvalid, team_networks_change, token_networks_change
 from approvals.services.teams import (
     RESULT_POLICY_FIELDS,
     LastAdminError,
@@ -127,15 +136,29 @@ def tokens(request: HttpRequest) -> HttpResponse:
     form = TokenIssueForm(request.POST if request.method == "POST" else None)
     if request.method == "POST":
         access.require_token_issue(request.user, team)
+    issued: tuple[BridgeToken, str] | None = None
     if request.method == "POST" and form.is_valid():
         days = form.cleaned_data["expires_in_days"]
-        token, raw = token_issue(
-            team=team,
-            user=request.user,  # type: ignore[arg-type]
-            name=form.cleaned_data["name"],
-            expires_at=timezone.now() + timedelta(days=days) if days else None,
-            servers=form.cleaned_data["servers"],
-        )
+        try:
+            with transaction.atomic():  # a token whose networks are refused is not issued either
+                issued = token_issue(
+                    team=team,
+                    user=request.user,  # type: ignore[arg-type]
+                    name=form.cleaned_data["name"],
+                    expires_at=timezone.now() + timedelta(days=days) if days else None,
+                    servers=form.cleaned_data["servers"],
+                )
+                if form.cleaned_data["networks"]:
+                    token_networks_change(
+                        token=issued[0],
+                        networks=form.cleaned_data["networks"],
+                        by=request.user,  # type: ignore[arg-type]
+                    )
+        except NetworksInvalid as exc:
+            issued = None
+            form.add_error("networks", str(exc))
+    if issued is not None:
+        token, raw = issued
         # The example config names a server the token may front: its first plain name, else "files".
         example = next((s for s in token.servers if "*" not in s and "?" not in s), "files")
         configs = client_configs(
@@ -154,8 +177,44 @@ def tokens(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "approvals/tokens.html",
-        {"team": team, "tokens": listed, "form": form, "is_admin": is_admin, "now": timezone.now()},
+        {
+            "team": team,
+            "tokens": listed,
+            "form": form,
+            "is_admin": is_admin,
+            "now": timezone.now(),
+            "team_networks": team.allowed_networks,
+        },
     )
+
+
+@require_POST
+@login_required
+def token_networks_view(request: HttpRequest, token_id: int) -> HttpResponse:
+    """Change the networks a token may connect from: its owner (within the team's networks) or an admin."""
+    token = get_object_or_404(BridgeToken.objects.select_related("team", "user"), pk=token_id)
+    access.require_token_control(request.user, token)
+    form = TokenNetworksForm(request.POST)
+    if not form.is_valid():
+        problems = " ".join(str(error) for errors in form.errors.values() for error in errors)
+        messages.error(request, f"Token “{token.name}”: nothing changed. {problems}")
+        return redirect("approvals:tokens")
+    networks = form.cleaned_data["networks"]
+    try:
+        changed = token_networks_change(token=token, networks=networks, by=request.user)  # type: ignore[arg-type]
+    except NetworksInvalid as exc:
+        messages.error(request, f"Token “{token.name}”: nothing changed. {exc}")
+    else:
+        where = ", ".join(networks) if networks else "the team's allowed networks"
+        if changed:
+            messages.success(
+                request,
+                f"Token “{token.name}” may now connect from {where}. Bridges already connected stay; "
+                "the networks apply when they next connect.",
+            )
+        else:
+            messages.info(request, f"Token “{token.name}” already connects from {where}.")
+    return redirect("approvals:tokens")
 
 
 @require_POST
@@ -256,25 +315,30 @@ def team_settings(request: HttpRequest) -> HttpResponse:
     access.require_admin(request.user, team)
     form = TeamSettingsForm(request.POST if request.method == "POST" else None, instance=team)
     if request.method == "POST" and form.is_valid():
+        networks = form.cleaned_data.get("allowed_networks_text")
         try:
-            team_settings_change(
-                team=team,
-                by=request.user,  # type: ignore[arg-type]
-                name=form.cleaned_data["name"],
-                mode=form.cleaned_data["mode"],
-                deadline=form.cleaned_data["default_deadline_seconds"],
-                rules_admins_only=form.cleaned_data["rules_admins_only"],
-                four_eyes=form.cleaned_data["four_eyes"],
-                require_mfa=form.cleaned_data["require_mfa"],
-                alert_calls_per_token_hour=form.cleaned_data.get("alert_calls_per_token_hour"),
-                alert_denials_per_10_minutes=form.cleaned_data.get("alert_denials_per_10_minutes"),
-                payload_retention_days=form.cleaned_data.get("payload_retention_days"),
-                result_policy={
-                    field: action
-                    for field in RESULT_POLICY_FIELDS
-                    if (action := form.cleaned_data.get(field))
-                },
-            )
+            with transaction.atomic():  # all of the page's settings, or none
+                team_settings_change(
+                    team=team,
+                    by=request.user,  # type: ignore[arg-type]
+                    name=form.cleaned_data["name"],
+                    mode=form.cleaned_data["mode"],
+                    deadline=form.cleaned_data["default_deadline_seconds"],
+                    rules_admins_only=form.cleaned_data["rules_admins_only"],
+                    four_eyes=form.cleaned_data["four_eyes"],
+                    require_mfa=form.cleaned_data["require_mfa"],
+                    alert_calls_per_token_hour=form.cleaned_data.get("alert_calls_per_token_hour"),
+                    alert_denials_per_10_minutes=form.cleaned_data.get("alert_denials_per_10_minutes"),
+                    payload_retention_days=form.cleaned_data.get("payload_retention_days"),
+                    result_policy={
+                        field: action
+                        for field in RESULT_POLICY_FIELDS
+                        if (action := form.cleaned_data.get(field))
+                    },
+                    require_reviewed_servers=form.cleaned_data.get("require_reviewed_servers"),
+                )
+                if networks is not None:  # None: the post left the field out, the networks stay
+                    team_networks_change(team=team, networks=networks, by=request.user)  # type: ignore[arg-type]
         except MfaLockout as exc:
             form.add_error("require_mfa", str(exc))
         else:

@@ -7,6 +7,7 @@ PostgreSQL; ``REDIS_URL`` switches the channel layer, the cache and the Celery b
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import dj_database_url
@@ -253,6 +254,22 @@ SIGNOFF_HTTPS = SIGNOFF_PUBLIC_URL.startswith("https://")
 # Trust X-Forwarded-Proto: https only from a TLS-terminating proxy that sets it (a client could forge it).
 SIGNOFF_TRUST_PROXY_TLS_HEADER = env_bool("SIGNOFF_TRUST_PROXY_TLS_HEADER", False)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if SIGNOFF_TRUST_PROXY_TLS_HEADER else None
+
+
+# The reverse proxies whose X-Forwarded-For (the client's address) is believed: CIDR networks, comma
+# separated; empty: none, every request's address is its TCP peer's. From a peer outside them,
+# X-Forwarded-For and X-Forwarded-Proto are dropped before Django or a consumer sees them
+# (approvals/proxies.py, docs/deploy.md).
+def _network(name: str, text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise ValueError(f"{name}: {text!r} is not a network, e.g. 10.0.0.0/8, 172.17.0.1, fd00::1") from None
+
+
+SIGNOFF_TRUSTED_PROXIES = [
+    _network("SIGNOFF_TRUSTED_PROXIES", text) for text in env_list("SIGNOFF_TRUSTED_PROXIES", [])
+]
 # Redirect http:// to https://. On by default only when Django can tell https requests apart (the proxy's
 # header is trusted): otherwise every request would look like http and redirect forever.
 SECURE_SSL_REDIRECT = env_bool("SIGNOFF_SSL_REDIRECT", SIGNOFF_HTTPS and SIGNOFF_TRUST_PROXY_TLS_HEADER)

@@ -27,13 +27,17 @@ log = logging.getLogger("mcpbridge.link")
 REQUEST_ATTEMPTS = 3
 BAD_ANSWER = "bad_answer"
 """Not a server code: the bridge's own mark for an answer it could not parse."""
-REFUSAL_CODES = frozenset({"unauthorized", "revoked", "unsupported_protocol", "server_out_of_scope"})
+REFUSAL_CODES = frozenset(
+    {"unauthorized", "revoked", "unsupported_protocol", "server_out_of_scope", "network_refused"}
+)
 FATAL_TEXT = {
     protocol.CLOSE_UNAUTHORIZED: "Signoff refused the token in SIGNOFF_TOKEN (unknown, expired or revoked); "
     "ask your Signoff admin for a new one",
     protocol.CLOSE_REVOKED: "Signoff closed this bridge: its token was revoked or its owner removed",
     protocol.CLOSE_PROTOCOL: "Signoff does not speak this bridge's protocol version; upgrade mcpbridge",
     protocol.CLOSE_OUT_OF_SCOPE: "Signoff refused this bridge: its token may not front this server (--name)",
+    protocol.CLOSE_NETWORK_REFUSED: "Signoff refused this bridge: it connects from outside the networks its "
+    "token may connect from; ask your team's Signoff admins to allow this address",
 }
 
 

@@ -47,7 +47,12 @@ CLOSE_PROTOCOL = 4400
 """The bridge spoke a protocol version the server does not support, or broke the handshake."""
 CLOSE_OUT_OF_SCOPE = 4406
 """The token may not front the server the hello announced (``server_out_of_scope``): the bridge stops."""
-FATAL_CLOSE_CODES = frozenset({CLOSE_UNAUTHORIZED, CLOSE_REVOKED, CLOSE_PROTOCOL, CLOSE_OUT_OF_SCOPE})
+CLOSE_NETWORK_REFUSED = 4407
+"""The bridge connects from outside the networks its token (or team) may connect from (``network_refused``):
+the bridge stops; reconnecting from the same address would be refused again."""
+FATAL_CLOSE_CODES = frozenset(
+    {CLOSE_UNAUTHORIZED, CLOSE_REVOKED, CLOSE_PROTOCOL, CLOSE_OUT_OF_SCOPE, CLOSE_NETWORK_REFUSED}
+)
 
 CallState = Literal["pending", "allowed", "denied", "expired", "cancelled", "completed", "failed"]
 TERMINAL_STATES: frozenset[str] = frozenset({"denied", "expired", "cancelled", "completed", "failed"})

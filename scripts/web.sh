@@ -3,17 +3,19 @@
 # ${SIGNOFF_WEB_BIND:-0.0.0.0}:${SIGNOFF_WEB_PORT:-8000} inside the container. Extra arguments go to daphne
 # (e.g. -v 0: no access log on stdout).
 #
-# SIGNOFF_PROXY_HEADERS=true (behind a reverse proxy): Daphne takes the client's address from the proxy's
-# X-Forwarded-For (--proxy-headers), so that Django sees the browser's address rather than the proxy's: login
-# rate limits per address, /metrics's loopback rule, the address in the audit log. Only then, because Daphne
-# believes the header's first address from whoever sends it: the proxy must overwrite the header and be the
-# only way in (docs/deploy.md).
+# Behind a reverse proxy, set SIGNOFF_TRUSTED_PROXIES to the proxy's address or network: the application
+# (approvals/proxies.py) then takes the client's address from X-Forwarded-For, but only on connections from
+# those proxies (docs/deploy.md). Daphne's own --proxy-headers is never used: it believes the header from
+# anyone. SIGNOFF_PROXY_HEADERS, which turned it on, is refused when true, so that a deployment relying on
+# it notices instead of silently losing the clients' addresses.
 set -eu
 case "$(printf '%s' "${SIGNOFF_PROXY_HEADERS:-}" | tr '[:upper:]' '[:lower:]')" in
-    1 | true | yes | on) set -- --proxy-headers "$@" ;;
     "" | 0 | false | no | off) ;;
     *)
-        echo "SIGNOFF_PROXY_HEADERS must be true or false, got '$SIGNOFF_PROXY_HEADERS'" >&2
+        echo "SIGNOFF_PROXY_HEADERS is no longer supported: it made Daphne believe X-Forwarded-For from anyone." >&2
+        echo "Set SIGNOFF_TRUSTED_PROXIES to your reverse proxy's address or network instead (e.g." >&2
+        echo "SIGNOFF_TRUSTED_PROXIES=172.16.0.0/12 for a proxy in Docker's default networks), and remove" >&2
+        echo "SIGNOFF_PROXY_HEADERS (docs/deploy.md, section 3)." >&2
         exit 2
         ;;
 esac

@@ -7,7 +7,8 @@ The detectors (see docs/alerts.md):
   ten minutes;
 * a rate limit was hit (raised by the rate limits, through :func:`alert_raise`);
 * a tool's definition changed, or a new tool appeared on a server the team already knew;
-* a token was used from an address it was not used from before (not for its very first address).
+* a token was used from an address it was not used from before (not for its very first address);
+* a bridge was refused for connecting from outside its token's (or team's) allowed networks.
 
 Volume and denials are counted in the cache (Redis in production: ``incr`` is atomic across processes), in
 a sliding window of two fixed buckets, so that no call pays for a ``COUNT`` query. The hooks the services
@@ -268,6 +269,25 @@ def alert_new_address(*, token: BridgeToken, address: str, seen: Sequence[str]) 
             f"{address} (before: {before}). Revoke it if that was not them."
         ),
         data={"token_prefix": token.prefix, "address": address, "seen": list(seen)},
+        token=token,
+    )
+    return alert
+
+
+def alert_network_refused(*, token: BridgeToken, address: str) -> Alert:
+    """Raise a ``network`` alert: a bridge with ``token`` tried to connect from ``address``, outside the
+    networks it may connect from. Repeats from the same token and address count up the open alert."""
+    owner = token.user.get_username() if token.user_id else "?"
+    alert, _ = alert_raise(
+        team=token.team,
+        kind=Alert.Kind.NETWORK,
+        key=f"token:{token.pk}:{address}",
+        message=(
+            f"The token “{token.name}” (sgo_{token.prefix}_…) of {owner} was refused: a bridge tried to "
+            f"connect from {address}, outside the networks it may connect from. Revoke the token if that was "
+            "not them; allow the address (team settings, or the token's networks) if it was."
+        ),
+        data={"token_prefix": token.prefix, "address": address},
         token=token,
     )
     return alert

@@ -172,6 +172,7 @@ def team_settings_change(
     alert_denials_per_10_minutes: int | None = None,
     payload_retention_days: int | None = None,
     result_policy: dict[str, str] | None = None,
+    require_reviewed_servers: bool | None = None,
 ) -> Team:
     """Change a team's settings; audited with what changed. ``None`` leaves a setting as it is (the yes/no
     ones and the alert thresholds, where 0 turns that alert off).
@@ -205,6 +206,8 @@ def team_settings_change(
             new["alert_calls_per_token_hour"] = alert_calls_per_token_hour
         if alert_denials_per_10_minutes is not None:
             new["alert_denials_per_10_minutes"] = alert_denials_per_10_minutes
+        if require_reviewed_servers is not None:  # bridges front only approved servers (docs/inventory.md)
+            new["require_reviewed_servers"] = require_reviewed_servers
         if payload_retention_days is not None:  # 0 keeps payloads; see services/retention.py
             new["payload_retention_days"] = payload_retention_days
         new.update(result_policy or {})  # what bridges do with results' findings (docs/inspection.md)

@@ -81,6 +81,7 @@ MATRIX: dict[str, tuple[str, str]] = {
     # Auditors read: they may not issue a bridge token (which would let them run tools).
     "tokens": ("L 200 200 200 200 403", "L 200 200 200 403 403"),
     "token_revoke": (NOT_ALLOWED, "L 302 403 302 403 403"),  # the token is the member's
+    "token_networks": (NOT_ALLOWED, "L 302 403 302 403 403"),  # likewise: its owner or an admin
     "members": ("L 200 403 403 403 403", "L 302 403 403 403 403"),
     "team_settings": ("L 200 403 403 403 403", "L 302 403 403 403 403"),
     "member_role": (NOT_ALLOWED, "L 302 403 403 403 403"),  # the member's membership
@@ -139,6 +140,7 @@ MFA_MATRIX: dict[str, tuple[str, str]] = {
     "inventory_server": ("M 403", "403 403"),
     "tokens": ("200 200", "200 200"),  # their own tokens, and they may issue one
     "token_revoke": ("405 405", "403 403"),  # the member's token: an admin's right, not a member's
+    "token_networks": ("405 405", "403 403"),
     "members": ("M 403", "403 403"),  # a reviewer is refused as before: two-factor would not change it
     "team_settings": ("M 403", "403 403"),
     "member_role": ("405 405", "403 403"),
@@ -249,6 +251,7 @@ def post_data(name: str, w: World) -> dict[str, Any]:
     return {
         "decide": {"decision": "deny", "reason": "matrix"},
         "tokens": {"name": "matrix"},
+        "token_networks": {"networks": "10.0.0.0/8"},
         "members": {"email": "newcomer@example.com", "role": "member"},
         "invitation_create": {"email": "newcomer@example.com", "role": "member", "valid_for_days": "7"},
         "team_settings": {"name": "Alpha", "mode": "whitelist", "default_deadline_seconds": "600"},
@@ -364,6 +367,7 @@ def test_where_each_role_lands(world: World, role: str, status: int, location: s
     "name",
     [
         "token_revoke",
+        "token_networks",
         "member_role",
         "member_remove",
         "rule_edit",

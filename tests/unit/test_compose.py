@@ -231,39 +231,41 @@ def test_env_example_documents_every_setting() -> None:
     assert {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "ALLOWED_HOSTS", "SIGNOFF_STATE_DIR"} <= read
     missing = read - _mentioned_settings()
     assert not missing, f".env.example does not document {sorted(missing)}"
-    # And the web process's own switch (scripts/web.sh).
-    assert "SIGNOFF_PROXY_HEADERS" in _documented_settings()
+    # The trusted proxies replaced the web process's old switch (scripts/web.sh), which says so.
+    assert "SIGNOFF_TRUSTED_PROXIES" in _documented_settings()
 
 
 # --- scripts/web.sh and scripts/healthcheck.py --------------------------------------------------------
-@pytest.mark.parametrize(
-    ("value", "proxy_headers"),
-    [(None, False), ("false", False), ("0", False), ("true", True), ("TRUE", True), ("on", True)],
-)
-def test_web_sh_trusts_the_proxys_headers_only_when_told(
-    tmp_path: Path, value: str | None, proxy_headers: bool
-) -> None:
+@pytest.mark.parametrize("value", [None, "", "false", "0", "off"])
+def test_web_sh_never_lets_daphne_trust_the_proxys_headers(tmp_path: Path, value: str | None) -> None:
+    """Daphne's --proxy-headers believes X-Forwarded-For from anyone: the application reads it instead, from
+    SIGNOFF_TRUSTED_PROXIES only (approvals/proxies.py)."""
     fake = tmp_path / "daphne"
     fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
     fake.chmod(0o755)
-    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "SIGNOFF_TRUSTED_PROXIES": "127.0.0.1"}
     if value is not None:
         env["SIGNOFF_PROXY_HEADERS"] = value
     args = subprocess.run(
         [ROOT / "scripts" / "web.sh", "-v", "0"], env=env, capture_output=True, text=True, check=True
     ).stdout.split()
-    expected = ["-b", "0.0.0.0", "-p", "8000", *(["--proxy-headers"] if proxy_headers else []), "-v", "0"]
-    assert args == [*expected, "config.asgi:application"]
+    assert args == ["-b", "0.0.0.0", "-p", "8000", "-v", "0", "config.asgi:application"]
 
 
-def test_web_sh_refuses_a_malformed_switch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("value", ["true", "TRUE", "on", "1", "maybe"])
+def test_web_sh_refuses_the_old_switch_and_names_its_replacement(tmp_path: Path, value: str) -> None:
+    fake = tmp_path / "daphne"
+    fake.write_text("#!/bin/sh\necho started\n")
+    fake.chmod(0o755)
     result = subprocess.run(
         [ROOT / "scripts" / "web.sh"],
-        env={"PATH": "/usr/bin:/bin", "SIGNOFF_PROXY_HEADERS": "maybe"},
+        env={"PATH": f"{tmp_path}:/usr/bin:/bin", "SIGNOFF_PROXY_HEADERS": value},
         capture_output=True,
         text=True,
     )
-    assert result.returncode == 2 and "SIGNOFF_PROXY_HEADERS" in result.stderr
+    assert result.returncode == 2 and "started" not in result.stdout
+    assert "SIGNOFF_PROXY_HEADERS is no longer supported" in result.stderr
+    assert "SIGNOFF_TRUSTED_PROXIES" in result.stderr
 
 
 def test_the_health_check_names_a_host_django_answers() -> None:
@@ -384,7 +386,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "SECRET_KEY": "compose-test-key",
         "REDIS_URL": "",
         "ALLOWED_HOSTS": PUBLIC_HOST,
-        "SIGNOFF_PROXY_HEADERS": "true",
+        "SIGNOFF_TRUSTED_PROXIES": "127.0.0.1",
         "SIGNOFF_LOG_FORMAT": "json",
         "SIGNOFF_WEB_BIND": "127.0.0.1",
         "SIGNOFF_WEB_PORT": str(deployment.port),
@@ -446,8 +448,8 @@ def test_the_services_commands_run_natively(deployment: Deployment) -> None:
     assert headers.get("Content-Encoding") == "gzip"
     assert "immutable" in headers.get("Cache-Control", "")
 
-    # --proxy-headers (SIGNOFF_PROXY_HEADERS): the client's address is the proxy's X-Forwarded-For, so a
-    # request forwarded from elsewhere is no longer "loopback" for /metrics.
+    # SIGNOFF_TRUSTED_PROXIES (the test is the proxy, on 127.0.0.1): the client's address is the proxy's
+    # X-Forwarded-For, so a request forwarded from elsewhere is no longer "loopback" for /metrics.
     assert _get(deployment.port, "/metrics")[0] == 200
     assert _get(deployment.port, "/metrics", **{"X-Forwarded-For": "203.0.113.9"})[0] == 401
 
