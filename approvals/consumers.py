@@ -22,6 +22,7 @@ from approvals.logging import log_bind, new_request_id
 from approvals.middleware import DATABASE_UNAVAILABLE
 from approvals.models import BridgeToken, Team
 from approvals.services import calls as call_services
+from approvals.services import results as result_services
 from approvals.services.inventory import sighting_of, upstream_seen
 from approvals.services.networks import token_network_refused
 from approvals.services.server_review import unapproved_server_refusal
@@ -208,6 +209,12 @@ class BridgeConsumer(AsyncWebsocketConsumer):
                 action=message.action,
             )
             await self._send(realtime.decision_for(call, ref=message.ref))
+        elif isinstance(message, protocol.ResultHold):
+            try:
+                call = await database_sync_to_async(result_services.result_hold)(token=token, hold=message)
+            except result_services.ResultNotHeld as exc:
+                call = exc.call  # its state says why (denied, finished, decided): the bridge blocks
+            await self._send(realtime.decision_for(call, ref=message.ref))
         elif isinstance(message, protocol.Withdraw):
             call = await database_sync_to_async(call_services.call_withdraw)(
                 token=token, call_id=message.call_id, reason=message.reason
@@ -353,7 +360,7 @@ class ReviewConsumer(AsyncWebsocketConsumer):
 
     def _snapshot(self) -> list[dict[str, Any]]:
         assert self.team is not None
-        return [realtime.call_payload(call) for call in selectors.pending_calls_for(team=self.team)]
+        return [realtime.call_payload(call) for call in selectors.queue_for(team=self.team)]
 
     async def disconnect(self, code: int) -> None:
         if getattr(self, "counted", False):  # first: a failing group_discard must not leave it counted
@@ -386,6 +393,9 @@ class ReviewConsumer(AsyncWebsocketConsumer):
             return
         if isinstance(message, dict) and message.get("type") == "accept_tool":
             await self._accept_tool(str(message.get("call_id", "")))
+            return
+        if isinstance(message, dict) and message.get("type") == "decide_result":
+            await self._decide_result(message)
             return
         if not isinstance(message, dict) or message.get("type") != "decide":
             await self.send_json({"type": "error", "message": "unknown message type"})
@@ -439,6 +449,42 @@ class ReviewConsumer(AsyncWebsocketConsumer):
             )
             return
         await self.send_json({"type": "decided", "call_id": call_id, "state": call.state})
+
+    async def _decide_result(self, message: dict[str, Any]) -> None:
+        """A decision on a held result: release, mask or block."""
+        call_id = str(message.get("call_id", ""))
+        log_bind(call_id=call_id)
+        reason = message.get("reason") if isinstance(message.get("reason"), str) else ""
+        try:
+            call = await database_sync_to_async(result_services.result_decide)(
+                call_id=call_id,
+                reviewer=self.scope["user"],
+                decision=str(message.get("decision", "")),
+                reason=reason,
+            )
+        except ValueError as exc:
+            await self.send_json({"type": "error", "call_id": call_id, "message": str(exc)})
+            return
+        except access.FourEyesRefused as exc:
+            await self.send_json(
+                {"type": "error", "call_id": call_id, "code": "four_eyes", "message": str(exc.args[0])}
+            )
+            return
+        except (call_services.CallNotFound, PermissionDenied):
+            await self.send_json(
+                {"type": "error", "call_id": call_id, "message": "no such call in your team"}
+            )
+            return
+        except result_services.ResultNotHeld as exc:
+            await self.send_json(
+                {
+                    "type": "error",
+                    "call_id": call_id,
+                    "message": f"already decided: {exc.call.result_review or 'not held'}",
+                }
+            )
+            return
+        await self.send_json({"type": "decided", "call_id": call_id, "result_review": call.result_review})
 
     async def _accept_tool(self, call_id: str) -> None:
         try:

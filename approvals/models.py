@@ -31,6 +31,7 @@ class Team(models.Model):
         PASS = "pass", "Pass: the model reads the result; the findings are recorded"
         MASK = "mask", "Mask: the findings are replaced in the result, and the model is told"
         BLOCK = "block", "Block: the model gets an error instead of the result"
+        HOLD = "hold", "Hold: a reviewer reads the result first, and releases, masks or blocks it"
 
     name = models.CharField(max_length=100)
     slug = models.SlugField(max_length=60, unique=True)
@@ -241,6 +242,23 @@ class Rule(models.Model):
     def __str__(self) -> str:
         return f"{self.effect} {self.server}/{self.tool}"
 
+    RESULT_FIELDS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "result_instructions": ("instruction", "hidden_text"),
+        "result_secrets": ("secret",),
+        "result_personal_data": ("pii",),
+    }
+    """The result-policy fields a rule may override, and the finding kinds each decides (as the team's)."""
+
+    def result_policy_over(self, team_policy: dict[str, str]) -> dict[str, str]:
+        """The result policy of the calls this rule allows: the team's (``Team.result_policy``), with this
+        rule's own action for each kind whose field it sets; a blank field keeps the team's action."""
+        merged = dict(team_policy)
+        for field, kinds in self.RESULT_FIELDS.items():
+            action = getattr(self, field)
+            if action:
+                merged.update(dict.fromkeys(kinds, action))
+        return merged
+
 
 class ToolPin(models.Model):
     """A tool's definition as a team first saw it (trust on first use), and any later change.
@@ -293,6 +311,13 @@ class ToolCall(models.Model):
         HUMAN = "human", "Reviewer"
         SYSTEM = "system", "Signoff"
 
+    class ResultReview(models.TextChoices):
+        HELD = "held", "Held for review"
+        RELEASED = "released", "Released"
+        MASKED = "masked", "Released masked"
+        BLOCKED = "blocked", "Blocked"
+        EXPIRED = "expired", "Expired (blocked)"
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="calls")
     token = models.ForeignKey(BridgeToken, on_delete=models.PROTECT, related_name="calls")
@@ -331,6 +356,24 @@ class ToolCall(models.Model):
         help_text="What the bridge's inspection found in the result (mcpbridge.inspection): kind, detector, "
         "where, and an excerpt with secrets masked.",
     )
+    # A result held for review (Team.ResultAction.HOLD): a second decision, on what came back.
+    result_review = models.CharField(
+        max_length=10,
+        choices=ResultReview.choices,
+        blank=True,
+        help_text="Empty unless the result was held for a reviewer before the model read it.",
+    )
+    result_held = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='The held result as the reviewer reads it: {"texts": [{"path", "text"}], "truncated": …}.',
+    )
+    result_deadline = models.DateTimeField(null=True, blank=True, help_text="When a held result is blocked.")
+    result_reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    result_reviewed_at = models.DateTimeField(null=True, blank=True)
+    result_review_reason = models.CharField(max_length=1000, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
     payload_purged_at = models.DateTimeField(
         null=True,
@@ -345,10 +388,19 @@ class ToolCall(models.Model):
             models.Index(fields=["state", "deadline"], name="call_state_deadline"),
             # History, the Audit page and its exports read a team's calls newest first.
             models.Index(fields=["team", "-created_at"], name="call_team_newest"),
+            # The sweep of held results past their deadline.
+            models.Index(fields=["result_review", "result_deadline"], name="call_result_review"),
         ]
 
     def __str__(self) -> str:
         return f"{self.server}/{self.tool} {self.state}"
+
+    def result_policy(self) -> dict[str, str]:
+        """What the bridge does with this call's result's findings: the team's policy, with the overrides of
+        the rule that allowed it (``Rule.result_policy_over``). Reads ``team`` and ``rule``: load them first
+        (``select_related``) where async code reads this."""
+        policy = self.team.result_policy()
+        return self.rule.result_policy_over(policy) if self.rule is not None else policy
 
 
 class AuditEvent(models.Model):

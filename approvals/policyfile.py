@@ -18,6 +18,8 @@ transaction with one audit event. The schema is documented in docs/policy-as-cod
         constraints:       # optional, as in docs/policy.md
           - {path: path, op: within, value: /srv/project}
         note: project files  # optional
+        results:             # optional, allow rules only: overrides of the team's result policy
+          secrets: block     # pass | mask | block; a key left out keeps the team's action
         enabled: true        # optional, default true
         expires_at: "2030-01-01T00:00:00Z"  # optional, ISO 8601 with a timezone
     limits:                # optional: absent leaves the team's rate limits as they are
@@ -61,8 +63,20 @@ RESULT_KEYS: Final = {
     "secrets": "result_secrets",
     "personal_data": "result_personal_data",
 }
-"""The ``results`` section's keys, and the team's fields they set."""
-RULE_KEYS: Final = ("effect", "server", "tool", "constraints", "note", "enabled", "expires_at")
+"""The ``results`` section's keys, and the fields they set: the team's, or (in a rule) the rule's."""
+RESULT_FIELDS: Final = {field: key for key, field in RESULT_KEYS.items()}
+RULE_KEYS: Final = ("effect", "server", "tool", "constraints", "note", "results", "enabled", "expires_at")
+RULE_FIELDS: Final = (
+    "effect",
+    "server",
+    "tool",
+    "constraints",
+    "note",
+    "enabled",
+    "expires_at",
+    *RESULT_KEYS.values(),
+)
+"""A rule's stored values (``RuleValues``): a rule's ``results`` section sets the last three."""
 LIMIT_KEYS: Final = ("scope", "server", "tool", "window", "max_calls", "note", "enabled")
 MODES: Final = tuple(Team.Mode.values)
 
@@ -158,6 +172,9 @@ def rule_document(rule: Rule) -> dict[str, Any]:
     }
     if rule.note:
         entry["note"] = rule.note
+    results = {key: str(getattr(rule, field)) for key, field in RESULT_KEYS.items() if getattr(rule, field)}
+    if results:
+        entry["results"] = results
     entry["enabled"] = rule.enabled
     if rule.expires_at is not None:
         entry["expires_at"] = _time(rule.expires_at)
@@ -393,17 +410,21 @@ def _check(data: Any, problems: _Problems) -> PolicyFile | None:
 def _check_results(data: dict[str, Any], problems: _Problems) -> dict[str, str] | None:
     if "results" not in data:
         return None
-    results = data["results"]
+    return _results(data["results"], ("results",), problems)
+
+
+def _results(results: Any, path: Path, problems: _Problems) -> dict[str, str]:
+    """A ``results`` section, the team's or a rule's: its keys with a valid action (the others reported)."""
     if not isinstance(results, dict):
-        problems.add(("results",), f"must be a mapping with {', '.join(RESULT_KEYS)}")
-        return None
+        problems.add(path, f"must be a mapping with {', '.join(RESULT_KEYS)}")
+        return {}
     actions = Team.ResultAction.values
     for key, value in results.items():
         if key not in RESULT_KEYS:
-            problems.add(("results", key), f"unknown key (expected: {', '.join(RESULT_KEYS)})")
+            problems.add((*path, key), f"unknown key (expected: {', '.join(RESULT_KEYS)})")
         elif value not in actions:
-            problems.add(("results", key), f"must be one of: {', '.join(actions)}")
-    return {key: value for key, value in results.items() if key in RESULT_KEYS}
+            problems.add((*path, key), f"must be one of: {', '.join(actions)}")
+    return {key: value for key, value in results.items() if key in RESULT_KEYS and value in actions}
 
 
 def _check_limits(data: dict[str, Any], problems: _Problems) -> list[LimitValues] | None:
@@ -471,6 +492,11 @@ def _check_rule(entry: Any, path: Path, problems: _Problems) -> RuleValues | Non
     if isinstance(expires, str):
         problems.add((*path, "expires_at"), expires)
         ok = False
+    results: dict[str, str] = {}
+    if "results" in entry:
+        reported = len(problems.items)
+        results = _results(entry["results"], (*path, "results"), problems)
+        ok = ok and len(problems.items) == reported
     note = entry.get("note", "")
     try:
         values = rule_validate(
@@ -481,11 +507,15 @@ def _check_rule(entry: Any, path: Path, problems: _Problems) -> RuleValues | Non
             note="" if note is None else note,
             enabled=entry.get("enabled", True),
             expires_at=None if isinstance(expires, str) else expires,
+            **{RESULT_KEYS[key]: action for key, action in results.items()},
         )
     except RuleInvalid as invalid:
         for field, message in invalid.errors.items():
             if field in ("effect", "server", "tool") and field not in entry:
                 continue  # already reported as missing
+            if field in RESULT_FIELDS:  # a deny rule with results: said of each key it sets
+                problems.add((*path, "results", RESULT_FIELDS[field]), message)
+                continue
             if field == "constraints" and invalid.constraint is not None:
                 index, name = invalid.constraint
                 where: Path = (*path, "constraints")
@@ -547,13 +577,14 @@ def _key(values: dict[str, Any]) -> str:
             values["note"],
             values["enabled"],
             _time(expires) if expires is not None else None,
+            *(values[field] for field in RESULT_KEYS.values()),
         ],
         sort_keys=True,
     )
 
 
 def _row_values(rule: Rule) -> dict[str, Any]:
-    return {name: getattr(rule, name) for name in RULE_KEYS}
+    return {name: getattr(rule, name) for name in RULE_FIELDS}
 
 
 def _brief(values: dict[str, Any], pk: int | None) -> dict[str, Any]:

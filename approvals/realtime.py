@@ -13,9 +13,11 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
+from approvals.masking import MASK, mask_text
 from approvals.models import ToolCall
 from approvals.scopes import suggested_constraints
 from mcpbridge import protocol
+from mcpbridge.inspection import make_visible
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +56,73 @@ def call_payload(call: ToolCall) -> dict[str, Any]:
         "created_at": call.created_at.isoformat(),
         "deadline": call.deadline.isoformat(),
         "decided_by": call.decided_by.get_username() if call.decided_by else None,
+        # A result held for review: what came back, its findings (where and what), and its own deadline.
+        "result_review": call.result_review,
+        **(
+            {
+                "result": held_result_view(call),
+                "result_truncated": bool(call.result_held.get("truncated")),
+                "result_findings": call.result_findings,
+                "result_deadline": call.result_deadline.isoformat() if call.result_deadline else None,
+            }
+            if call.result_review == ToolCall.ResultReview.HELD
+            else {}
+        ),
     }
 
 
+def held_result_view(call: ToolCall) -> list[dict[str, Any]]:
+    """The held result as a reviewer's page shows it: each text cut into plain and found parts, every part
+    with its hidden characters written out (``<U+200B>``) and the found secrets masked. A found part
+    names its finding's kind and detector, for the highlight. Pages set all of it as text, never HTML."""
+    by_path: dict[str, list[dict[str, Any]]] = {}
+    for finding in call.result_findings:
+        if isinstance(finding.get("start"), int) and isinstance(finding.get("end"), int):
+            by_path.setdefault(finding.get("path", ""), []).append(finding)
+    shown = []
+    for held in call.result_held.get("texts", []):
+        text, parts = held.get("text", ""), []
+        position = 0
+        for finding in sorted(by_path.get(held.get("path", ""), []), key=lambda f: (f["start"], -f["end"])):
+            start, end = max(finding["start"], position), min(finding["end"], len(text))
+            if start >= end:
+                continue  # overlaps one already shown, or points past the (cut) text
+            if start > position:
+                parts.append({"text": make_visible(text[position:start])})
+            found = text[start:end]
+            parts.append(
+                {
+                    "text": _masked(found) if finding["kind"] == "secret" else make_visible(found),
+                    "kind": finding["kind"],
+                    "detector": finding.get("detector", ""),
+                }
+            )
+            position = end
+        if position < len(text):
+            parts.append({"text": make_visible(text[position:])})
+        shown.append({"path": held.get("path", ""), "parts": parts})
+    return shown
+
+
+def _masked(secret: str) -> str:
+    masked = mask_text(secret)
+    return masked if masked != secret else MASK
+
+
 def decision_for(call: ToolCall, *, run: bool = False, ref: str | None = None) -> protocol.Decision:
-    """The bridge's view of a call's state."""
+    """The bridge's view of a call's state. An allowed call's carries its result policy, which reads the
+    call's ``team`` and ``rule``: the services load both for the consumers, which may not query."""
+    held = call.result_review == ToolCall.ResultReview.HELD
     return protocol.Decision(
         call_id=str(call.id),
         state=call.state,  # type: ignore[arg-type]
         reason=call.reason,
         ref=ref,
-        deadline=call.deadline.isoformat(),
+        deadline=(call.result_deadline if held and call.result_deadline else call.deadline).isoformat(),
         run=run,
         decided_by=call.decided_by.get_username() if call.decided_by else None,
-        result_policy=call.team.result_policy() if call.state == ToolCall.State.ALLOWED else None,  # type: ignore[arg-type]
+        result_policy=call.result_policy() if call.state == ToolCall.State.ALLOWED else None,  # type: ignore[arg-type]
+        result_review=call.result_review or None,  # type: ignore[arg-type]
     )
 
 

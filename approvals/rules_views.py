@@ -38,6 +38,13 @@ CONSTRAINTS_HELP = (
     'A JSON list, all of which must hold: [{"path": "path", "op": "within", "value": "/srv/project"}]. '
     "Operators: equals, one_of, glob, regex, prefix, within, max_length, range (docs/policy.md)."
 )
+RESULT_LABELS = {
+    "result_instructions": "Instructions and hidden text",
+    "result_secrets": "Secrets",
+    "result_personal_data": "Personal data",
+}
+"""The rule's overrides of the team's result policy (``Rule.RESULT_FIELDS``), as the pages name them."""
+RESULT_CHOICES = [("", "The team's setting"), *((value, value) for value in Team.ResultAction.values)]
 
 
 # --- forms ---------------------------------------------------------------------------------------------
@@ -83,6 +90,23 @@ class RuleForm(forms.Form):
         help_text="Optional: the rule stops matching then.",
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
     )
+    result_instructions = forms.ChoiceField(
+        choices=RESULT_CHOICES, required=False, label=RESULT_LABELS["result_instructions"]
+    )
+    result_secrets = forms.ChoiceField(
+        choices=RESULT_CHOICES, required=False, label=RESULT_LABELS["result_secrets"]
+    )
+    result_personal_data = forms.ChoiceField(
+        choices=RESULT_CHOICES, required=False, label=RESULT_LABELS["result_personal_data"]
+    )
+
+    def __init__(self, *args: Any, team: Team | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if team is not None:  # the blank choice says what the team's setting is
+            for name in Rule.RESULT_FIELDS:
+                field = self.fields[name]
+                assert isinstance(field, forms.ChoiceField)
+                field.choices = [("", f"The team's setting ({getattr(team, name)})"), *RESULT_CHOICES[1:]]
 
     def clean_server(self) -> str:
         return str(self.cleaned_data["server"]).strip()
@@ -105,13 +129,17 @@ class RuleForm(forms.Form):
                 "note": rule.note,
                 "enabled": rule.enabled,
                 "expires_at": rule.expires_at,
-            }
+                **{name: getattr(rule, name) for name in Rule.RESULT_FIELDS},
+            },
+            team=rule.team,
         )
 
     def values(self) -> dict[str, Any]:
         data = self.cleaned_data
         names = ("effect", "server", "tool", "constraints", "note", "enabled", "expires_at")
-        return {name: data.get(name) for name in names}
+        return {name: data.get(name) for name in names} | {
+            name: data.get(name) or "" for name in Rule.RESULT_FIELDS
+        }
 
     def add_service_errors(self, invalid: rule_services.RuleInvalid) -> None:
         for name, message in invalid.errors.items():
@@ -179,6 +207,10 @@ def _decorate(rule: Rule, now: datetime) -> Rule:
         described, broken = [json.dumps(rule.constraints)[:200]], True
     rule.described = described  # type: ignore[attr-defined]
     rule.broken = broken  # type: ignore[attr-defined]
+    # Its overrides of the team's result policy: (what, action) for each it sets.
+    rule.result_overrides = [  # type: ignore[attr-defined]
+        (RESULT_LABELS[name], getattr(rule, name)) for name in Rule.RESULT_FIELDS if getattr(rule, name)
+    ]
     rule.expired = rule.expires_at is not None and rule.expires_at <= now  # type: ignore[attr-defined]
     return rule
 
@@ -241,7 +273,11 @@ def rule_new(request: HttpRequest) -> HttpResponse:
     if team is None:
         return render(request, "approvals/no_team.html")
     access.require_rule_create(request.user, team)
-    form = RuleForm(request.POST) if request.method == "POST" else RuleForm(initial=_prefill(request))
+    form = (
+        RuleForm(request.POST, team=team)
+        if request.method == "POST"
+        else RuleForm(initial=_prefill(request), team=team)
+    )
     if request.method == "POST" and form.is_valid():
         try:
             rule = rule_services.rule_create(team=team, by=request.user, **form.values())  # type: ignore[arg-type]
@@ -269,6 +305,11 @@ def _prefill(request: HttpRequest) -> dict[str, Any]:
 def rule_detail(request: HttpRequest, rule_id: int) -> HttpResponse:
     """One rule and the calls it decided, newest first, their secrets masked."""
     rule = _decorate(_rule_for(request, rule_id), timezone.now())
+    # The result policy of the calls it allows, kind by kind: its own action, or the team's.
+    results = [
+        (RESULT_LABELS[name], getattr(rule, name) or getattr(rule.team, name), bool(getattr(rule, name)))
+        for name in Rule.RESULT_FIELDS
+    ]
     calls = (
         ToolCall.objects.filter(rule=rule).select_related("requester", "decided_by").order_by("-created_at")
     )
@@ -279,6 +320,7 @@ def rule_detail(request: HttpRequest, rule_id: int) -> HttpResponse:
         {
             "team": rule.team,
             "rule": rule,
+            "results": results,
             "page": page,
             "rows": audit_search.show_calls(page.object_list),
             "can_manage": access.is_admin(request.user, rule.team),
@@ -292,7 +334,7 @@ def rule_edit(request: HttpRequest, rule_id: int) -> HttpResponse:
     """Change a rule (admins)."""
     rule = _rule_for(request, rule_id)
     access.require_admin(request.user, rule.team)
-    form = RuleForm(request.POST) if request.method == "POST" else RuleForm.for_rule(rule)
+    form = RuleForm(request.POST, team=rule.team) if request.method == "POST" else RuleForm.for_rule(rule)
     if request.method == "POST" and form.is_valid():
         try:
             rule_services.rule_update(rule=rule, by=request.user, **form.values())  # type: ignore[arg-type]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from approvals.models import Team, ToolCall
 
@@ -16,6 +16,12 @@ def pending_calls_for(*, team: Team) -> QuerySet[ToolCall]:
         .filter(team=team, state=ToolCall.State.PENDING)
         .order_by("created_at")
     )
+
+
+def queue_for(*, team: Team) -> QuerySet[ToolCall]:
+    """What waits for the team's reviewers, oldest first: held calls, and results held for review."""
+    held = Q(state=ToolCall.State.PENDING) | Q(result_review=ToolCall.ResultReview.HELD)
+    return ToolCall.objects.select_related(*_CALL_RELATIONS).filter(held, team=team).order_by("created_at")
 
 
 def decided_calls_for(*, team: Team, requester_id: int | None = None) -> QuerySet[ToolCall]:

@@ -1,8 +1,8 @@
 """The deadline sweeper for the embedded default, where no Celery beat runs: a daemon thread per process.
 
-It expires held calls past their deadline and revokes tokens past their expiry (closing their bridges),
-and every ``SIGNOFF_RETENTION_INTERVAL_SECONDS`` (first at start-up) clears payloads past their team's
-retention (``approvals.services.retention``), as Celery beat's hourly task does with Redis.
+It expires held calls and held results past their deadline and revokes tokens past their expiry (closing
+their bridges), and every ``SIGNOFF_RETENTION_INTERVAL_SECONDS`` (first at start-up) clears payloads past
+their team's retention (``approvals.services.retention``), as Celery beat's hourly task does with Redis.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from approvals.services.calls import calls_expire_due
+from approvals.services.results import results_expire_due
 from approvals.services.retention import payloads_purge_due
 from approvals.services.tokens import tokens_expire_due
 
@@ -35,6 +36,7 @@ def start_inprocess_sweeper(interval: float) -> None:
         while not stop.wait(interval):
             try:
                 calls_expire_due()
+                results_expire_due()
                 tokens_expire_due()
             except Exception:
                 log.exception("sweeping expired calls failed")

@@ -8,14 +8,16 @@ from celery import Task, shared_task
 
 from approvals.services import notifications
 from approvals.services.calls import calls_expire_due
+from approvals.services.results import results_expire_due
 from approvals.services.retention import payloads_purge_due
 from approvals.services.tokens import tokens_expire_due
 
 
 @shared_task(name="approvals.tasks.expire_due_calls", ignore_result=True)
 def expire_due_calls() -> int:
-    """Expire held calls past their deadline and tokens past their expiry (scheduled by Celery beat)."""
-    return calls_expire_due() + tokens_expire_due()
+    """Expire held calls and held results past their deadline, and tokens past their expiry (scheduled by
+    Celery beat)."""
+    return calls_expire_due() + results_expire_due() + tokens_expire_due()
 
 
 @shared_task(name="approvals.tasks.purge_payloads", ignore_result=True)

@@ -17,6 +17,7 @@ urlpatterns = [
     path("", views.queue, name="queue"),
     path("history/", views.history, name="history"),
     path("calls/<str:call_id>/decide/", views.decide, name="decide"),
+    path("calls/<str:call_id>/result/", views.decide_result, name="decide_result"),
     path("calls/<str:call_id>/", audit_views.call_detail, name="call_detail"),
     path("audit/", audit_views.audit, name="audit"),
     path("audit/export/", audit_views.audit_export, name="audit_export"),

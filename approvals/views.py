@@ -27,6 +27,7 @@ from approvals.forms import (
 from approvals.models import BridgeToken, Membership, Team
 from approvals.services import audit_search
 from approvals.services import calls as call_services
+from approvals.services import results as result_services
 from approvals.services.invitations import invitations_open_for
 from approvals.services.networks import NetworksInvalid, team_networks_change, token_networks_change
 from approvals.services.teams import (
@@ -115,6 +116,32 @@ def decide(request: HttpRequest, call_id: str) -> HttpResponse:
         messages.error(request, str(exc))
     else:
         messages.success(request, f"{call.server} / {call.tool}: {call.state}.")
+    return redirect("approvals:queue")
+
+
+@require_POST
+@login_required
+def decide_result(request: HttpRequest, call_id: str) -> HttpResponse:
+    """Form fallback for Release / Mask / Block of a held result when scripts are off."""
+    try:
+        call = result_services.result_decide(
+            call_id=call_id,
+            reviewer=request.user,  # type: ignore[arg-type]
+            decision=request.POST.get("decision", ""),
+            reason=request.POST.get("reason", ""),
+        )
+    except call_services.CallNotFound:
+        raise PermissionDenied("No such call in your teams.") from None
+    except ValueError:
+        messages.error(request, "Choose Release, Mask or Block.")
+    except access.FourEyesRefused as exc:
+        messages.error(request, str(exc))
+    except result_services.ResultNotHeld as exc:
+        messages.warning(request, f"That result was already {exc.call.get_result_review_display().lower()}.")
+    else:
+        messages.success(
+            request, f"{call.server} / {call.tool}: result {call.get_result_review_display().lower()}."
+        )
     return redirect("approvals:queue")
 
 

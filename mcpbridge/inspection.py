@@ -1378,11 +1378,25 @@ def inspect_result(content: list[Any] | Any) -> list[Finding]:
     text, which catches what it holds. A tool that sends the same data as text and as structured content
     gets its findings twice, once per place the model could read it.
     """
-    content = _as_plain(content)
     counts: dict[str, int] = {}
     findings: list[Finding] = []
+    for item, path, text in _result_texts(content):
+        findings += _inspect(text, item=item, path=path, counts=counts)
+    return findings
+
+
+def result_strings(content: list[Any] | Any) -> list[tuple[str, str]]:
+    """The strings of a tool result that ``inspect_result`` inspects, with their JSON pointers, in order:
+    what a reviewer reads of a result held for review."""
+    return [(path, text) for _, path, text in _result_texts(content)]
+
+
+def _result_texts(content: list[Any] | Any) -> Iterator[tuple[int | None, str, str]]:
+    """``(content item index or None, JSON pointer, text)`` for each string of a tool result a model reads."""
+    content = _as_plain(content)
     if isinstance(content, str):
-        return _inspect(content, item=None, path="", counts=counts)
+        yield None, "", content
+        return
     structured: Any = None
     if isinstance(content, Mapping):
         structured = content.get("structuredContent")
@@ -1392,14 +1406,13 @@ def inspect_result(content: list[Any] | Any) -> list[Finding]:
     if isinstance(items, list | tuple):
         for index, item in enumerate(items):
             for path, text in _content_texts(index, item):
-                findings += _inspect(text, item=index, path=path, counts=counts)
+                yield index, path, text
     if structured is not None:
         if isinstance(structured, str):  # tolerated: some servers send it serialised
             with contextlib.suppress(ValueError):
                 structured = json.loads(structured)
         for path, text in _strings(structured, _pointer("structuredContent")):
-            findings += _inspect(text, item=None, path=path, counts=counts)
-    return findings
+            yield None, path, text
 
 
 # --- acting on findings ----------------------------------------------------------------------------------

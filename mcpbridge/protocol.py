@@ -36,6 +36,9 @@ MAX_CAPABILITIES_BYTES = 8 * 1024
 MAX_RESULT_FINDINGS = 50
 MAX_FINDING_PATH_LENGTH = 512
 MAX_EXCERPT_LENGTH = 400
+MAX_HELD_BYTES = 512 * 1024
+"""Most text of a result held for review that the bridge sends (the rest is cut, and marked so)."""
+MAX_HELD_TEXTS = 64
 """Deepest nesting of objects and arrays in a frame (arguments are shown to reviewers and stored)."""
 
 # Close codes (4000-4999 are application codes in RFC 6455).
@@ -172,6 +175,12 @@ class Claim(Message):
 
 FindingKind = Literal["instruction", "hidden_text", "secret", "pii"]
 ResultAction = Literal["pass", "mask", "block"]
+"""What the bridge did with a result's findings."""
+PolicyAction = Literal["pass", "mask", "block", "hold"]
+"""What a result policy asks for a kind of finding: one of ``ResultAction``, or hold the result for a
+reviewer, who then releases (pass), masks or blocks it."""
+ResultReview = Literal["held", "released", "masked", "blocked", "expired"]
+"""A held result's review: ``held`` until a reviewer decides or its deadline passes (``expired``: blocked)."""
 
 
 class ResultFinding(Message):
@@ -183,6 +192,9 @@ class ResultFinding(Message):
     """JSON pointer of the string in the result (``/content/0/text``, ``/contents/0/text``)."""
     excerpt: str = Field(default="", max_length=MAX_EXCERPT_LENGTH)
     """The match with a little context: secrets masked, hidden characters made visible."""
+    start: int | None = Field(default=None, ge=0)
+    end: int | None = Field(default=None, ge=0)
+    """Where the match is in the string at ``path`` (code points), for highlighting a held result."""
 
 
 class Result(Message):
@@ -197,6 +209,26 @@ class Result(Message):
     findings: list[ResultFinding] = Field(default_factory=list, max_length=MAX_RESULT_FINDINGS)
     action: ResultAction | None = None
     """What the bridge did with the findings under the call's ``result_policy``; None when none were found."""
+
+
+class HeldText(Message):
+    """One text of a held result, where it is in the result (a JSON pointer, as findings name it)."""
+
+    path: str = Field(default="", max_length=MAX_FINDING_PATH_LENGTH)
+    text: str = Field(max_length=MAX_HELD_BYTES)
+
+
+class ResultHold(Message):
+    """The result of an allowed call matched a finding whose policy is ``hold``: the bridge keeps it from
+    the client until a reviewer releases, masks or blocks it (``Decision.result_review``), or the
+    deadline passes (blocked). The texts are what the reviewer reads; at most ``MAX_HELD_BYTES`` in all."""
+
+    type: Literal["result_hold"] = "result_hold"
+    call_id: str = Field(max_length=64)
+    ref: str | None = Field(default=None, max_length=MAX_REF_LENGTH)
+    texts: list[HeldText] = Field(max_length=MAX_HELD_TEXTS)
+    truncated: bool = False
+    findings: list[ResultFinding] = Field(min_length=1, max_length=MAX_RESULT_FINDINGS)
 
 
 class Withdraw(Message):
@@ -216,7 +248,8 @@ class Status(Message):
 
 
 BridgeMessage = Annotated[
-    Hello | Tools | UpstreamReport | Call | Claim | Result | Withdraw | Status, Field(discriminator="type")
+    Hello | Tools | UpstreamReport | Call | Claim | Result | ResultHold | Withdraw | Status,
+    Field(discriminator="type"),
 ]
 
 
@@ -246,9 +279,12 @@ class Decision(Message):
     deadline: str | None = None
     run: bool = False
     decided_by: str | None = None
-    result_policy: dict[FindingKind, ResultAction] | None = None
+    result_policy: dict[FindingKind, PolicyAction] | None = None
     """For an allowed call: what the bridge does with the result's findings, by kind (docs/inspection.md).
     None (an older server): pass."""
+    result_review: ResultReview | None = None
+    """Once the bridge held the call's result (``result_hold``): the reviewer's decision on it. While
+    ``held``, ``deadline`` is the held result's."""
 
 
 class Error(Message):
@@ -365,7 +401,7 @@ def _describe(exc: ValidationError) -> str:
 
 def parse_bridge_message(
     text: str | bytes,
-) -> Hello | Tools | UpstreamReport | Call | Claim | Result | Withdraw | Status:
+) -> Hello | Tools | UpstreamReport | Call | Claim | Result | ResultHold | Withdraw | Status:
     """Decode one bridge → server frame, or raise :class:`ProtocolError` naming what is wrong."""
     data = _load(text)
     ref = data.get("ref") if isinstance(data.get("ref"), str) else None
@@ -377,6 +413,11 @@ def parse_bridge_message(
         raise ProtocolError(
             "arguments_too_large", f"arguments are larger than {MAX_ARGUMENTS_BYTES} bytes", ref=ref
         )
+    if (
+        isinstance(message, ResultHold)
+        and sum(len(held.text.encode()) for held in message.texts) > MAX_HELD_BYTES
+    ):
+        raise ProtocolError("result_too_large", f"held texts are larger than {MAX_HELD_BYTES} bytes", ref=ref)
     return message
 
 

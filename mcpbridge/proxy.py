@@ -9,9 +9,9 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.abc
@@ -33,6 +33,8 @@ PRIVATE_ENV = ("SIGNOFF_TOKEN", "SIGNOFF_TOKEN_FILE")
 PROGRESS_EVERY = 5.0
 SERVER_EXPIRY_GRACE = 5.0
 """Seconds past the server's deadline the bridge waits for the server's own "expired" before giving up."""
+HELD_KEEP_SECONDS = 600.0
+"""How long a reviewed result waits in the bridge for a client that gave up waiting to repeat the call."""
 REPORT_FLUSH_SECONDS = 3.0
 """On exit, how long the bridge waits for results it still has to report to Signoff."""
 SUMMARY_LENGTH = 500
@@ -61,6 +63,18 @@ class BridgeConfig:
     """How long a held call survives a lost connection, waiting for it to come back."""
     poll_interval: float = 15.0
     """How often the state of long-waiting calls is asked for (the channel layer may drop a message)."""
+
+
+@dataclass
+class HeldResult:
+    """A result held for review in Signoff. A client that gave up waiting repeats the same call and
+    re-attaches here: the call is not run again."""
+
+    call_id: str
+    done: anyio.Event = field(default_factory=anyio.Event)
+    answer: Any = None
+    """Once reviewed: what the client gets, the result or the text saying why it was blocked."""
+    deadline: str | None = None
 
 
 class Upstream(ClientSession):
@@ -122,25 +136,66 @@ def _request_texts(result: types.ReadResourceResult | types.GetPromptResult) -> 
 
 
 _KIND_ORDER = {"instruction": 0, "hidden_text": 1, "secret": 2, "pii": 3}
+_Result = TypeVar("_Result", bound=types.CallToolResult | types.ReadResourceResult | types.GetPromptResult)
+"""What an allowed call returns: a tool's result, a resource read's or a prompt's."""
 
 
-def _acts(policy: Mapping[protocol.FindingKind, protocol.ResultAction]) -> bool:
+def _acts(policy: Mapping[protocol.FindingKind, protocol.PolicyAction]) -> bool:
     """Whether the policy does anything but pass: then the result is inspected before the client gets it."""
     return any(action != "pass" for action in policy.values())
 
 
 def _outcome(
-    findings: list[inspection.Finding], policy: Mapping[protocol.FindingKind, protocol.ResultAction]
-) -> tuple[protocol.ResultAction | None, list[inspection.Finding]]:
-    """What the policy does with a result's findings: ``block`` if any finding's kind blocks, else ``mask``
-    (with the findings to mask) if any masks, else ``pass``; None when nothing was found."""
+    findings: list[inspection.Finding], policy: Mapping[protocol.FindingKind, protocol.PolicyAction]
+) -> tuple[protocol.PolicyAction | None, list[inspection.Finding]]:
+    """What the policy does with a result's findings: ``block`` if any finding's kind blocks, else ``hold``
+    (for a reviewer) if any holds, else ``mask`` (with the findings to mask) if any masks, else ``pass``;
+    None when nothing was found."""
     if not findings:
         return None, []
-    actions: list[protocol.ResultAction] = [policy.get(finding.kind, "pass") for finding in findings]
+    actions: list[protocol.PolicyAction] = [policy.get(finding.kind, "pass") for finding in findings]
     if "block" in actions:
         return "block", []
+    if "hold" in actions:
+        return "hold", []
     to_mask = [finding for finding, action in zip(findings, actions, strict=True) if action == "mask"]
     return ("mask" if to_mask else "pass"), to_mask
+
+
+def _held_key(kind: str, tool: str, arguments: dict[str, Any]) -> str:
+    """Which call a held result belongs to, as the client would repeat it."""
+    return f"{kind}:{tool}:{protocol.arguments_hash(arguments)}"
+
+
+def _held_texts(result: Any) -> tuple[list[protocol.HeldText], bool]:
+    """The texts of a result a reviewer reads, with their JSON pointers (as findings name them), cut to
+    what a frame carries; and whether anything was cut."""
+    if isinstance(result, types.CallToolResult):
+        strings = inspection.result_strings(result)
+    else:
+        strings = _request_texts(result)
+    texts: list[protocol.HeldText] = []
+    budget = protocol.MAX_HELD_BYTES
+    truncated = False
+    for path, text in strings:
+        if len(texts) == protocol.MAX_HELD_TEXTS or budget <= 0:
+            truncated = True
+            break
+        encoded = text.encode("utf-8", "surrogatepass")
+        if len(encoded) > budget:
+            text = encoded[:budget].decode("utf-8", "ignore")
+            truncated = True
+        budget -= len(text.encode("utf-8", "surrogatepass"))
+        texts.append(protocol.HeldText(path=path[: protocol.MAX_FINDING_PATH_LENGTH], text=text))
+    return texts, truncated
+
+
+def _is_error(result: Any) -> bool:
+    return bool(result.is_error) if isinstance(result, types.CallToolResult) else False
+
+
+def _summary_of(result: Any) -> str:
+    return _summary(result) if isinstance(result, types.CallToolResult) else _request_summary(result)
 
 
 def _labels(findings: list[inspection.Finding]) -> str:
@@ -176,6 +231,8 @@ def _reported_findings(findings: list[inspection.Finding]) -> list[protocol.Resu
             detector=finding.detector[:64],
             path=finding.path[: protocol.MAX_FINDING_PATH_LENGTH],
             excerpt=finding.excerpt[: protocol.MAX_EXCERPT_LENGTH],
+            start=finding.start,
+            end=finding.end,
         )
         for finding in ordered[: protocol.MAX_RESULT_FINDINGS]
     ]
@@ -245,6 +302,8 @@ class Bridge:
         """The client closed stdin: the upstream's stream ending after that is the bridge closing it."""
         self._told_tools: dict[str, protocol.ToolInfo] = {}
         """The tools the current connection was last told (in its hello or a ``tools`` frame)."""
+        self._held: dict[str, HeldResult] = {}
+        """Results held for review, by the call that produced them (``_held_key``)."""
         self._reported_to: object = None
         """The ``welcome`` of the connection that already has the upstream report (one per connection)."""
         self.link = SignoffLink(url=config.signoff_url, token=config.token, hello=self._hello)
@@ -339,6 +398,11 @@ class Bridge:
         self, ctx: ServerRequestContext, params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         """Hold the call until Signoff allows it; run it upstream exactly once; otherwise explain."""
+        key = _held_key("tool", params.name, params.arguments or {})
+        held = self._held.get(key)
+        if held is not None:  # the client repeats a call whose result waits for review: not run again
+            answer = await self._await_held(ctx, key, held)
+            return tool_error(answer) if isinstance(answer, str) else answer
         decision = await self._gate(ctx, kind="tool", tool=params.name, arguments=params.arguments or {})
         if isinstance(decision, str):
             return tool_error(decision)
@@ -360,28 +424,8 @@ class Bridge:
             result = tool_error(f"The call was allowed but failed: {reason}.")
             self._report_soon(decision.call_id, True, _summary(result), started, list)
             return result
-        policy = decision.result_policy or {}
-        if not _acts(policy):  # pass whatever is found: inspect after the client has its answer
-            self._report_soon(
-                decision.call_id,
-                bool(result.is_error),
-                _summary(result),
-                started,
-                lambda: inspection.inspect_result(result),
-            )
-            return result
-        findings = await anyio.to_thread.run_sync(inspection.inspect_result, result)
-        action, to_mask = _outcome(findings, policy)
-        if action == "block":
-            result = tool_error(_blocked(decision.call_id, findings))
-        elif action == "mask":
-            document, masked = inspection.mask_findings(_as_json(result), to_mask)
-            result = types.CallToolResult.model_validate(document)
-            result.content.append(types.TextContent(type="text", text=_masked_note(to_mask, masked)))
-        self._report_soon(
-            decision.call_id, bool(result.is_error), _summary(result), started, lambda: findings, action
-        )
-        return result
+        answer = await self._apply_result_policy(ctx, key, decision, result, started)
+        return tool_error(answer) if isinstance(answer, str) else answer
 
     async def read_resource(
         self, ctx: ServerRequestContext, params: types.ReadResourceRequestParams
@@ -409,6 +453,13 @@ class Bridge:
         """Decide a non-tool request as its pseudo-tool, then forward it once. A refusal is a JSON-RPC
         error (these requests have no error result), whose message says why, as a tool's would."""
         arguments = gated.arguments_of(params.model_dump(mode="json", by_alias=True, exclude_none=True))
+        key = _held_key(gated.kind, gated.name, arguments)
+        held = self._held.get(key)
+        if held is not None:  # the client repeats a request whose result waits for review
+            reviewed = await self._await_held(ctx, key, held)
+            if isinstance(reviewed, str):
+                raise MCPError(REFUSED, reviewed)
+            return cast("types.ReadResourceResult | types.GetPromptResult", reviewed)
         decision = await self._gate(ctx, kind=gated.kind, tool=gated.name, arguments=arguments)
         if isinstance(decision, str):
             raise MCPError(REFUSED, decision)
@@ -424,28 +475,172 @@ class Bridge:
             reason = self.upstream_gone or f"the upstream MCP server failed: {exc}"
             self._report_soon(decision.call_id, True, reason, started, list)
             raise MCPError(UPSTREAM_FAILED, f"The request was allowed but failed: {reason}.") from exc
+        answer = await self._apply_result_policy(ctx, key, decision, result, started)
+        if isinstance(answer, str):
+            raise MCPError(REFUSED, answer)
+        return answer
+
+    async def _apply_result_policy(
+        self,
+        ctx: ServerRequestContext,
+        key: str,
+        decision: protocol.Decision,
+        result: _Result,
+        started: float,
+    ) -> _Result | str:
+        """Inspect what an allowed call returned, apply the decision's result policy, and report both to
+        Signoff (``_report_soon``). Returns what the client gets: the result, its findings masked where the
+        policy masks (a tool's result then says so in a last text item), or, where it blocks, the text
+        saying why, which the caller answers as an error result (a tool) or a JSON-RPC error (a resource
+        read or prompt, which have no error result). Where it holds, a reviewer decides which first."""
+
+        def inspect() -> list[inspection.Finding]:
+            if isinstance(result, types.CallToolResult):
+                return inspection.inspect_result(result)
+            return inspection.inspect_strings(_request_texts(result))
+
         policy = decision.result_policy or {}
-        if not _acts(policy):
-            self._report_soon(
-                decision.call_id,
-                False,
-                _request_summary(result),
-                started,
-                lambda: inspection.inspect_strings(_request_texts(result)),
-            )
+        if not _acts(policy):  # pass whatever is found: inspect after the client has its answer
+            self._report_soon(decision.call_id, _is_error(result), _summary_of(result), started, inspect)
             return result
-        findings = await anyio.to_thread.run_sync(inspection.inspect_strings, _request_texts(result))
+        findings = await anyio.to_thread.run_sync(inspect)
         action, to_mask = _outcome(findings, policy)
+        if action == "hold":
+            held = HeldResult(decision.call_id)
+            self._held[key] = held
+            assert self._background is not None
+            self._background.start_soon(self._review_held, key, held, result, findings, started)
+            return await self._await_held(ctx, key, held)
+        return self._act(decision.call_id, result, findings, action, to_mask, started)
+
+    def _act(
+        self,
+        call_id: str,
+        result: _Result,
+        findings: list[inspection.Finding],
+        action: protocol.PolicyAction | None,
+        to_mask: list[inspection.Finding],
+        started: float,
+        *,
+        blocked: str = "",
+    ) -> _Result | str:
+        """Apply one action to a result, report it, and return what the client gets (``blocked``: why,
+        if not the policy)."""
         if action == "block":
-            self._report_soon(decision.call_id, True, "[blocked]", started, lambda: findings, action)
-            raise MCPError(REFUSED, _blocked(decision.call_id, findings))
+            blocked = blocked or _blocked(call_id, findings)
+            summary = _cut(blocked) if isinstance(result, types.CallToolResult) else "[blocked]"
+            self._report_soon(call_id, True, summary, started, lambda: findings, "block")
+            return blocked
         if action == "mask":
-            document, _ = inspection.mask_findings(_as_json(result), to_mask)
-            result = type(result).model_validate(document)
+            document, masked = inspection.mask_findings(_as_json(result), to_mask)
+            result = cast("_Result", type(result).model_validate(document))
+            if isinstance(result, types.CallToolResult):
+                result.content.append(types.TextContent(type="text", text=_masked_note(to_mask, masked)))
+        reported: protocol.ResultAction | None = action if action in ("mask", "pass") else None
         self._report_soon(
-            decision.call_id, False, _request_summary(result), started, lambda: findings, action
+            call_id, _is_error(result), _summary_of(result), started, lambda: findings, reported
         )
         return result
+
+    # --- results held for review -------------------------------------------------------------------------
+    async def _review_held(
+        self,
+        key: str,
+        held: HeldResult,
+        result: _Result,
+        findings: list[inspection.Finding],
+        started: float,
+    ) -> None:
+        """Hold the result in Signoff until a reviewer decides, then settle what the client gets: released
+        as is, masked, or blocked (also when nobody decided in time or Signoff could not be asked: fail
+        closed). Kept for ``HELD_KEEP_SECONDS`` for a client that repeats the call to collect it."""
+        review = await self._result_review(held, result, findings)
+        if review == "released":
+            held.answer = self._act(held.call_id, result, findings, "pass", [], started)
+        elif review == "masked":
+            held.answer = self._act(held.call_id, result, findings, "mask", findings, started)
+        else:
+            why = {
+                "blocked": "a reviewer blocked it after reading it",
+                "expired": "nobody reviewed it before its deadline",
+            }.get(review, review)
+            text = (
+                f"Signoff blocked this result: it was held for review, and {why}. The call ran, but its "
+                "result was withheld from the model; a person can read what was found in Signoff "
+                f"(call {held.call_id})."
+            )
+            held.answer = self._act(held.call_id, result, findings, "block", [], started, blocked=text)
+        held.done.set()
+        await anyio.sleep(HELD_KEEP_SECONDS)
+        if self._held.get(key) is held:
+            del self._held[key]
+
+    async def _result_review(self, held: HeldResult, result: Any, findings: list[inspection.Finding]) -> str:
+        """Send the held result to Signoff and wait for its review: ``released``, ``masked``, ``blocked``,
+        ``expired``, or the text of why no review could be had (the result is then blocked)."""
+        texts, truncated = _held_texts(result)
+        hold = protocol.ResultHold(
+            call_id=held.call_id, texts=texts, truncated=truncated, findings=_reported_findings(findings)
+        )
+        try:
+            answer = await self.link.request(hold, connect_timeout=self.config.reconnect_grace)
+        except LinkError as exc:
+            return f"Signoff could not be asked ({exc})"
+        if answer.result_review != "held":
+            self.link.forget(held.call_id)
+            return answer.result_review or f"Signoff did not hold it ({answer.reason or answer.state})"
+        watch = self.link.watch(held.call_id)
+        last_poll = time.monotonic()
+        try:
+            while watch.latest.result_review == "held":
+                held.deadline = watch.latest.deadline
+                now = time.monotonic()
+                left = _seconds_until(watch.latest.deadline)
+                if left is not None and left <= -SERVER_EXPIRY_GRACE:
+                    return "expired"
+                if self.link.fatal:
+                    return f"the connection to Signoff ended ({self.link.fatal})"
+                down = self.link.down_since
+                if down is not None and now - down >= self.config.reconnect_grace:
+                    return f"the connection to Signoff was lost while it waited ({self.link.last_error})"
+                if now - last_poll >= (1.0 if left is not None and left <= 0 else self.config.poll_interval):
+                    last_poll = now
+                    await self.link.send(protocol.Status(call_ids=[held.call_id]))
+                with anyio.move_on_after(1.0):
+                    await watch.changed.wait()
+            return watch.latest.result_review or "not held"
+        finally:
+            self.link.forget(held.call_id)
+
+    async def _await_held(self, ctx: ServerRequestContext, key: str, held: HeldResult) -> Any:
+        """Wait for a held result's review; answer the client before it times out (with the text saying
+        how to collect it later). Once a client has the reviewed answer, the next repeat runs the call
+        anew."""
+        started = time.monotonic()
+        client_limit = started + self.config.client_timeout
+        last_progress = 0.0
+        while not held.done.is_set():
+            now = time.monotonic()
+            if now >= client_limit:
+                left = _seconds_until(held.deadline)
+                blocked_in = (
+                    f" It is blocked in {_minutes(left)} if nobody decides." if left is not None else ""
+                )
+                return (
+                    f"This call ran, and its result is held for review in Signoff (call {held.call_id}): "
+                    f"the model gets it only if a reviewer releases it.{blocked_in} To receive it, repeat "
+                    "exactly the same call with the same arguments: it is not run again."
+                )
+            if now - last_progress >= PROGRESS_EVERY:
+                last_progress = now
+                await ctx.session.report_progress(
+                    int(now - started), None, "result held for review in Signoff…"
+                )
+            with anyio.move_on_after(min(1.0, max(0.01, client_limit - now))):
+                await held.done.wait()
+        if self._held.get(key) is held:
+            del self._held[key]
+        return held.answer
 
     async def _gate(
         self, ctx: ServerRequestContext, *, kind: protocol.CallKind, tool: str, arguments: dict[str, Any]

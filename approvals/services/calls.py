@@ -59,8 +59,9 @@ class Submitted:
 
 def _with_relations() -> QuerySet[ToolCall]:
     """Calls with every relation that answers and events read: async callers (consumers) get a call
-    they can read without a lazy query, which they may not run."""
-    return ToolCall.objects.select_related("team", "token", "requester", "decided_by")
+    they can read without a lazy query, which they may not run. The rule too: an allowed call's answer
+    carries its rule's result policy."""
+    return ToolCall.objects.select_related("team", "token", "requester", "decided_by", "rule")
 
 
 def _call_key(call_id: str) -> uuid.UUID:
@@ -170,6 +171,7 @@ def call_submit(
         findings: list[guards.Finding] = []
         risks: list[dict[str, str]] = []
         hit: limits.LimitHit | None = None
+        decider: Rule | None = None  # the allow rule that allowed it, whose result policy its answer carries
         if not in_scope:
             verdict = policy.Verdict(
                 "deny",
@@ -227,6 +229,8 @@ def call_submit(
                         verdict = policy.Verdict(
                             "review", f"held: {risks[0]['message']} (a rule would allow it)"
                         )
+                if verdict.outcome == "allow" and verdict.rule_id is not None:
+                    decider = rules.allow_rules.get(verdict.rule_id)
 
         seconds = row["team__default_deadline_seconds"]
         if timeout:
@@ -257,7 +261,11 @@ def call_submit(
         )
         call.token = token
         call.requester = token.user
+        if decider is not None:  # its row from the compiled rules: the answer reads it without a query
+            call.rule = decider
         limited: dict[str, Any] = {"rate_limit": hit.limit.id if hit.limit else "unavailable"} if hit else {}
+        # Which result policy its bridge applies: the team's, with its rule's overrides.
+        applied: dict[str, Any] = {"result_policy": call.result_policy()} if state == State.ALLOWED else {}
         audit_record(
             kind=f"call.{state}",
             team=team,
@@ -268,6 +276,7 @@ def call_submit(
             arguments_hash=args_hash,
             reason=verdict.reason,
             rule=verdict.rule_id,
+            **applied,
             **limited,
         )
         if hit is not None:
@@ -328,6 +337,9 @@ class TeamRules:
 
     ruleset: policy.RuleSet
     creators: dict[int, int | None]
+    allow_rules: dict[int, Rule]
+    """The allow rules' rows by id, read only: a call one allows gets it as ``call.rule`` without a query,
+    for the result policy its answer carries (``ToolCall.result_policy``)."""
 
 
 _RULESETS: dict[int, tuple[int, TeamRules]] = {}
@@ -347,6 +359,7 @@ def team_ruleset(team_id: int, *, version: int) -> TeamRules:
     compiled = TeamRules(
         ruleset=policy.compile_rules([rule_spec(rule) for rule in rules]),
         creators={rule.pk: rule.created_by_id for rule in rules},
+        allow_rules={rule.pk: rule for rule in rules if rule.effect == Rule.Effect.ALLOW},
     )
     _RULESETS[team_id] = (version, compiled)
     return compiled
@@ -417,7 +430,8 @@ def call_report_result(
             result_action=action or "",
         )
         # The answer reads only who decided; the team and token are the reporting token's own.
-        call = ToolCall.objects.select_related("decided_by").filter(pk=key, token=token).first()
+        # (And the rule: a refusal answers with the call's decision, whose result policy reads it.)
+        call = ToolCall.objects.select_related("decided_by", "rule").filter(pk=key, token=token).first()
         if call is None:
             raise CallNotFound(call_id)
         call.token, call.team = token, token.team
@@ -436,7 +450,21 @@ def call_report_result(
         )
         if findings:
             alerts_result_inspected(call=call, findings=findings)
+        if call.result_review == ToolCall.ResultReview.HELD:
+            _close_held_result(call, now=now)
     return call
+
+
+def _close_held_result(call: ToolCall, *, now: Any) -> None:
+    """The bridge settled a result that was still held (it lost Signoff for too long, or its deadline
+    passed first): it blocked it, so the review is over; the queue drops it."""
+    reason = "the bridge stopped waiting for the review and blocked the result"
+    if ToolCall.objects.filter(pk=call.pk, result_review=ToolCall.ResultReview.HELD).update(
+        result_review=ToolCall.ResultReview.EXPIRED, result_reviewed_at=now, result_review_reason=reason
+    ):
+        call.result_review = ToolCall.ResultReview.EXPIRED
+        audit_record(kind="call.result_expired", team=call.team, token=call.token, call=call, reason=reason)
+        realtime.call_changed(call)
 
 
 def finding_counts(findings: list[dict[str, Any]]) -> dict[str, int]:
@@ -613,6 +641,7 @@ def _record_decision(
         call=call,
         reason=text,
         always_allow=rule.pk if rule else None,
+        **({"result_policy": call.result_policy()} if call.state == State.ALLOWED else {}),
     )
     # The bridge first: it is waiting on this decision, while the pages only redraw their queue.
     realtime.decision_changed(call)
@@ -713,5 +742,8 @@ def call_states_for_bridge(*, token: BridgeToken, call_ids: list[str]) -> list[T
             keys.append(uuid.UUID(raw))
         except (ValueError, TypeError, AttributeError):
             continue
-    # The team too: an allowed call's answer carries its result policy (read in async code: no lazy query).
-    return list(ToolCall.objects.select_related("decided_by", "team").filter(token=token, pk__in=keys))
+    # The team and rule too: an allowed call's answer carries its result policy (read in async code: no lazy
+    # query).
+    return list(
+        ToolCall.objects.select_related("decided_by", "team", "rule").filter(token=token, pk__in=keys)
+    )

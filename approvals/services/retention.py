@@ -1,8 +1,9 @@
 """Payload retention: clear what agents sent and tools answered once a team no longer needs to read it.
 
 Per team, ``Team.payload_retention_days`` after a call finished (0 keeps payloads for ever), its
-``arguments`` become ``{}``, its ``result_summary`` and ``result_findings`` empty, and ``payload_purged_at``
-says when. The decision (state, reason, who, when, rule) stays: it is what the record is for.
+``arguments`` become ``{}``, its ``result_summary``, ``result_findings`` and held result (``result_held``)
+empty, and ``payload_purged_at`` says when. The decision (state, reason, who, when, rule) stays: it is
+what the record is for.
 
 The audit chain is unaffected: audit events hold the arguments' SHA-256, never the arguments, so no
 hashed row changes (``audit_verify`` still passes). What an audit event itself holds (a result summary's
@@ -97,7 +98,11 @@ def team_payloads_purge(
                 break
             # payload_purged_at IS NULL again: a concurrent run that cleared some of them counts them, not us.
             purged += ToolCall.objects.filter(pk__in=ids, payload_purged_at__isnull=True).update(
-                arguments={}, result_summary="", result_findings=[], payload_purged_at=now
+                arguments={},
+                result_summary="",
+                result_findings=[],
+                result_held={},
+                payload_purged_at=now,
             )
             if len(ids) < size:
                 break

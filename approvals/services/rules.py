@@ -26,6 +26,9 @@ MAX_NAME_CHARS: Final = 128
 MAX_NOTE_CHARS: Final = 500
 """``Rule.note`` holds this many characters."""
 EFFECTS: Final = ("allow", "deny")
+RESULT_FIELDS: Final = tuple(Rule.RESULT_FIELDS)
+"""A rule's overrides of the team's result policy: ``result_instructions``, ``result_secrets``,
+``result_personal_data``; each blank (the team's action) or pass, mask or block."""
 
 
 class RuleInvalid(ValueError):
@@ -55,6 +58,9 @@ class RuleValues:
     note: str
     enabled: bool
     expires_at: datetime | None
+    result_instructions: str = ""
+    result_secrets: str = ""
+    result_personal_data: str = ""
 
     def as_fields(self) -> dict[str, Any]:
         return {
@@ -65,6 +71,9 @@ class RuleValues:
             "note": self.note,
             "enabled": self.enabled,
             "expires_at": self.expires_at,
+            "result_instructions": self.result_instructions,
+            "result_secrets": self.result_secrets,
+            "result_personal_data": self.result_personal_data,
         }
 
 
@@ -99,11 +108,16 @@ def rule_validate(
     note: Any = "",
     enabled: Any = True,
     expires_at: Any = None,
+    result_instructions: Any = "",
+    result_secrets: Any = "",
+    result_personal_data: Any = "",
 ) -> RuleValues:
     """Check a rule's values, all of them, and raise ``RuleInvalid`` listing every problem.
 
     Constraints are read by the engine's own parser, so what is stored is what it will evaluate; they are
-    stored in their canonical JSON form (``Constraint.to_dict``).
+    stored in their canonical JSON form (``Constraint.to_dict``). The result overrides (``RESULT_FIELDS``)
+    are blank (the team's action) or an action; only an allow rule may set them (a deny rule's calls never
+    run, so they have no result).
     """
     errors: dict[str, str] = {}
     if effect not in EFFECTS:
@@ -125,6 +139,16 @@ def rule_validate(
         errors["enabled"] = "must be true or false"
     if expires_at is not None and (not isinstance(expires_at, datetime) or timezone.is_naive(expires_at)):
         errors["expires_at"] = "must be a date and time with a timezone"
+    results = {
+        "result_instructions": result_instructions,
+        "result_secrets": result_secrets,
+        "result_personal_data": result_personal_data,
+    }
+    for name, action in results.items():
+        if action not in ("", *Team.ResultAction.values):
+            errors[name] = f"must be one of: {', '.join(Team.ResultAction.values)} (or blank: the team's)"
+        elif action and effect == Rule.Effect.DENY:
+            errors[name] = "a deny rule runs no call, so it has no result: leave it to the team"
     if errors:
         raise RuleInvalid(errors, constraint=at)
     return RuleValues(
@@ -135,6 +159,7 @@ def rule_validate(
         note=note.strip(),
         enabled=enabled,
         expires_at=expires_at,
+        **results,
     )
 
 
@@ -149,6 +174,7 @@ def _summary(rule: Rule) -> dict[str, Any]:
         "note": rule.note,
         "enabled": rule.enabled,
         "expires_at": rule.expires_at,
+        **{name: getattr(rule, name) for name in RESULT_FIELDS},
     }
 
 
@@ -163,9 +189,15 @@ def rule_create(
     note: str = "",
     enabled: bool = True,
     expires_at: datetime | None = None,
+    result_instructions: str = "",
+    result_secrets: str = "",
+    result_personal_data: str = "",
     created_from_call: ToolCall | None = None,
 ) -> Rule:
-    """Add a rule to the team (last in order). Raises ``RuleInvalid``."""
+    """Add a rule to the team (last in order). Raises ``RuleInvalid``.
+
+    ``result_*`` override the team's result policy for the calls the rule allows (blank: the team's).
+    """
     values = rule_validate(
         effect=effect,
         server=server,
@@ -174,6 +206,9 @@ def rule_create(
         note=note,
         enabled=enabled,
         expires_at=expires_at,
+        result_instructions=result_instructions,
+        result_secrets=result_secrets,
+        result_personal_data=result_personal_data,
     )
     if created_from_call is not None and created_from_call.team_id != team.pk:
         raise RuleInvalid({"created_from_call": "that call is another team's"})
@@ -205,6 +240,9 @@ def rule_update(
     note: str = "",
     enabled: bool = True,
     expires_at: datetime | None = None,
+    result_instructions: str = "",
+    result_secrets: str = "",
+    result_personal_data: str = "",
 ) -> Rule:
     """Change a rule's values (its place in the order, creator and origin stay). Raises ``RuleInvalid``.
 
@@ -218,6 +256,9 @@ def rule_update(
         note=note,
         enabled=enabled,
         expires_at=expires_at,
+        result_instructions=result_instructions,
+        result_secrets=result_secrets,
+        result_personal_data=result_personal_data,
     )
     with transaction.atomic():
         current = Rule.objects.select_for_update().get(pk=rule.pk)

@@ -178,11 +178,13 @@ def token_touch(*, token: BridgeToken, address: str | None) -> None:
 
 
 def token_revoke(*, token: BridgeToken, by: User | None, reason: str = "token revoked") -> bool:
-    """Revoke a token at once: its open bridges are closed and its held calls denied.
+    """Revoke a token at once: its open bridges are closed, its held calls denied and its held results
+    blocked.
 
     Returns False when it was already revoked.
     """
     from approvals.services.calls import calls_deny_for_token
+    from approvals.services.results import results_block_for_token
 
     now = timezone.now()
     with transaction.atomic():
@@ -193,6 +195,7 @@ def token_revoke(*, token: BridgeToken, by: User | None, reason: str = "token re
         # Row locks before the audit chain's lock (taken by the first audit_record): a reviewer deciding
         # one of these calls takes them in the same order, so the two cannot deadlock.
         calls_deny_for_token(token=token, reason=f"denied: {reason}")
+        results_block_for_token(token=token, reason=f"blocked: {reason}")
         audit_record(
             kind="token.revoked",
             team=token.team,

@@ -6,6 +6,7 @@
   if (!root) return;
   const list = document.getElementById("calls");
   const template = document.getElementById("call-template");
+  const resultTemplate = document.getElementById("result-template");
   const emptyNote = document.getElementById("queue-empty");
   const countBadge = document.getElementById("pending-count");
   const statusLine = document.getElementById("socket-status");
@@ -36,7 +37,7 @@
   function tick() {
     const now = Date.now();
     for (const { element, call } of cards.values()) {
-      const left = (Date.parse(call.deadline) - now) / 1000;
+      const left = (Date.parse(heldResult(call) ? call.result_deadline : call.deadline) - now) / 1000;
       const deadline = element.querySelector(".call-deadline");
       deadline.textContent = left > 0 ? `expires in ${formatSeconds(left)}` : "expiring…";
       deadline.classList.toggle("urgent", left < 60);
@@ -49,8 +50,21 @@
     root.dispatchEvent(new CustomEvent("signoff:held", { detail: { call, count: cards.size } }));
   }
 
+  function heldResult(call) {
+    return call.result_review === "held";
+  }
+
+  function waiting(call) {
+    return call.state === "pending" || heldResult(call);
+  }
+
   function addCard(call) {
-    if (cards.has(call.id)) return false;
+    const shown = cards.get(call.id);
+    if (shown) {
+      if (heldResult(shown.call) === heldResult(call)) return false;
+      removeCard(call.id); // the held call was allowed and ran: now its result waits
+    }
+    if (heldResult(call)) return addResultCard(call);
     const element = template.content.firstElementChild.cloneNode(true);
     element.dataset.callId = call.id;
     element.id = `call-${call.id}`; // notification links end in #call-<id>
@@ -82,6 +96,74 @@
       socket.send(JSON.stringify({ type: "decide", call_id: call.id, decision, reason }));
     });
     if (!ownCall) setUpAlwaysAllow(element, call);
+    cards.set(call.id, { element, call });
+    list.appendChild(element);
+    refreshCounts();
+    tick();
+    return true;
+  }
+
+  // A held result: its texts with each finding highlighted where it is. The server cut the texts into
+  // parts, wrote hidden characters out and masked secrets; every part is set as text, never as HTML.
+  function addResultCard(call) {
+    const element = resultTemplate.content.firstElementChild.cloneNode(true);
+    element.dataset.callId = call.id;
+    element.id = `call-${call.id}`;
+    element.querySelector(".call-server").textContent = call.server;
+    element.querySelector(".call-tool").textContent = call.tool;
+    element.querySelector(".call-requester").textContent = call.requester;
+    element.querySelector(".call-token").textContent = call.token;
+    element.querySelector(".call-arguments").textContent = JSON.stringify(call.arguments, null, 2);
+    const findings = element.querySelector(".result-findings");
+    for (const finding of call.result_findings || []) {
+      const item = document.createElement("li");
+      item.className = `risk finding finding-${finding.kind}`;
+      item.dataset.kind = finding.kind;
+      const label = document.createElement("span");
+      label.className = "risk-kind";
+      label.textContent = finding.kind.replace(/_/g, " ");
+      const where = document.createElement("code");
+      where.textContent = finding.path || "/";
+      item.append(label, document.createTextNode(` ${finding.detector.replace(/_/g, " ")} at `), where);
+      if (finding.excerpt) {
+        const excerpt = document.createElement("q");
+        excerpt.textContent = finding.excerpt;
+        item.append(document.createTextNode(": "), excerpt);
+      }
+      findings.appendChild(item);
+    }
+    const texts = element.querySelector(".result-texts");
+    for (const text of call.result || []) {
+      const heading = document.createElement("p");
+      heading.className = "result-path";
+      heading.textContent = text.path || "/";
+      const body = document.createElement("pre");
+      body.className = "result-text";
+      for (const part of text.parts) {
+        if (part.kind) {
+          const mark = document.createElement("mark");
+          mark.className = `finding-${part.kind}`;
+          mark.title = `${part.kind.replace(/_/g, " ")}: ${part.detector.replace(/_/g, " ")}`;
+          mark.dataset.kind = part.kind;
+          mark.textContent = part.text;
+          body.appendChild(mark);
+        } else {
+          body.appendChild(document.createTextNode(part.text));
+        }
+      }
+      texts.append(heading, body);
+    }
+    element.querySelector(".result-truncated").hidden = !call.result_truncated;
+    const form = element.querySelector("form");
+    form.action = `/calls/${encodeURIComponent(call.id)}/result/`;
+    form.addEventListener("submit", (event) => {
+      if (!socket || socket.readyState !== WebSocket.OPEN) return; // plain form post as fallback
+      event.preventDefault();
+      const decision = event.submitter ? event.submitter.value : "block"; // Enter in the reason: the safe one
+      const reason = form.querySelector("input[name=reason]").value;
+      form.querySelectorAll("button").forEach((b) => (b.disabled = true));
+      socket.send(JSON.stringify({ type: "decide_result", call_id: call.id, decision, reason }));
+    });
     cards.set(call.id, { element, call });
     list.appendChild(element);
     refreshCounts();
@@ -198,7 +280,7 @@
       if (!synced) root.dispatchEvent(new CustomEvent("signoff:synced"));
       synced = true;
     } else if (message.type === "call") {
-      if (message.call.state === "pending") {
+      if (waiting(message.call)) {
         if (addCard(message.call)) announce(message.call);
       } else removeCard(message.call.id);
     } else if (message.type === "tool_accepted") {

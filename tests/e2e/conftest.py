@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -315,6 +315,29 @@ class ReviewerSocket:
             return next(c for c in message["calls"] if c["tool"] == tool)
         return message["call"]
 
+    async def held_result(self, tool: str, timeout: float = 20.0) -> dict[str, Any]:
+        """The next call of this tool whose result waits for review (from an update or the snapshot)."""
+
+        def held(call: dict[str, Any]) -> bool:
+            return call["tool"] == tool and call.get("result_review") == "held"
+
+        def is_held(message: dict[str, Any]) -> bool:
+            if message["type"] == "call":
+                return held(message["call"])
+            return message["type"] == "snapshot" and any(held(c) for c in message["calls"])
+
+        message = await self.next(is_held, timeout)
+        if message["type"] == "snapshot":
+            return next(c for c in message["calls"] if held(c))
+        return message["call"]
+
+    async def decide_result(self, call_id: str, decision: str, reason: str = "") -> dict[str, Any]:
+        """Release, mask or block a held result; the page's answer (``decided`` or ``error``)."""
+        await self.connection.send(
+            json.dumps({"type": "decide_result", "call_id": call_id, "decision": decision, "reason": reason})
+        )
+        return await self.next(lambda m: m["type"] in {"decided", "error"} and m.get("call_id") == call_id)
+
     async def decide(self, call_id: str, decision: str, reason: str = "") -> dict[str, Any]:
         await self.connection.send(
             json.dumps({"type": "decide", "call_id": call_id, "decision": decision, "reason": reason})
@@ -417,12 +440,17 @@ class Outcome:
         return self.result
 
 
-def start_call(tasks: Any, b: Bridge, tool: str, arguments: dict[str, Any]) -> Outcome:
-    """Call the tool in the background (a reviewer decides meanwhile); the answer lands in the Outcome."""
+def start_call(tasks: Any, request: Bridge | Callable[..., Awaitable[Any]], *args: Any) -> Outcome:
+    """Make a request in the background (a reviewer decides meanwhile); the answer lands in the Outcome.
+
+    ``request`` is a session method with its arguments, ``start_call(tasks, b.session.read_resource, uri)``,
+    or a bridge, for a tool call: ``start_call(tasks, b, "echo", {"text": "hi"})``.
+    """
     outcome = Outcome()
+    method = request.session.call_tool if isinstance(request, Bridge) else request
 
     async def call() -> None:
-        outcome.result = await b.session.call_tool(tool, arguments)
+        outcome.result = await method(*args)
         outcome.done.set()
 
     tasks.start_soon(call)

@@ -13,7 +13,15 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from approvals.models import AuditEvent, Rule, ToolCall
-from tests.e2e.conftest import ARTIFACTS, SignoffServer, TeamSetup, bridge, browser_login, reviewer_socket
+from tests.e2e.conftest import (
+    ARTIFACTS,
+    SignoffServer,
+    TeamSetup,
+    bridge,
+    browser_login,
+    reviewer_socket,
+    start_call,
+)
 
 
 async def test_a_resource_read_is_held_until_a_reviewer_allows_it(
@@ -24,17 +32,13 @@ async def test_a_resource_read_is_held_until_a_reviewer_allows_it(
         bridge(tmp_path, url=signoff.url, token=team.raw_token) as b,
         anyio.create_task_group() as tasks,
     ):
-        outcome: dict = {}
-
-        async def read() -> None:
-            outcome["result"] = await b.session.read_resource("memo://readme")
-
-        tasks.start_soon(read)
+        outcome = start_call(tasks, b.session.read_resource, "memo://readme")
         held = await reviewer.pending_call("resources/read")
         assert held["arguments"] == {"uri": "memo://readme"}
         assert b.upstream_calls() == []  # held: the upstream has not seen it
         await reviewer.decide(held["id"], "allow")
-    assert outcome["result"].contents[0].text == "hello from a resource"
+        result = await outcome.wait()
+    assert result.contents[0].text == "hello from a resource"
     assert b.upstream_calls()[0]["tool"] == "resources/read"
     call = await ToolCall.objects.aget(pk=held["id"])
     assert (call.tool, call.state) == ("resources/read", "completed")
@@ -117,12 +121,7 @@ async def test_a_reviewer_allows_a_held_resource_read_in_the_browser(
         bridge(tmp_path, url=signoff.url, token=team.raw_token) as b,
         anyio.create_task_group() as tasks,
     ):
-        outcome: dict = {}
-
-        async def read() -> None:
-            outcome["result"] = await b.session.read_resource("memo://readme")
-
-        tasks.start_soon(read)
+        outcome = start_call(tasks, b.session.read_resource, "memo://readme")
         card = page.locator("li.call")
         await card.wait_for()
         assert await card.locator(".call-tool").text_content() == "resources/read"
@@ -131,4 +130,5 @@ async def test_a_reviewer_allows_a_held_resource_read_in_the_browser(
         await page.screenshot(path=str(ARTIFACTS / "queue-held-resource.png"), full_page=True)
         await card.get_by_role("button", name="Allow", exact=True).click()
         await card.wait_for(state="detached")
-    assert outcome["result"].contents[0].text == "hello from a resource"
+        result = await outcome.wait()
+    assert result.contents[0].text == "hello from a resource"

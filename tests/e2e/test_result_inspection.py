@@ -127,3 +127,35 @@ async def test_a_resource_is_masked_inline(signoff: SignoffServer, team: TeamSet
     assert "id_rsa" not in text
     (call,) = await _calls(team)
     assert call.result_action == "mask" and call.result_findings[0]["path"] == "/contents/0/text"
+
+
+async def test_a_rules_result_policy_overrides_the_teams_for_the_calls_it_allows(
+    signoff: SignoffServer, team: TeamSetup, tmp_path
+) -> None:
+    # The team masks secrets; the rule for echo blocks them, the rule for write_file leaves them to the team.
+    team.team.result_secrets = "mask"
+    await team.team.asave(update_fields=["result_secrets"])
+    strict = await Rule.objects.acreate(
+        team=team.team, effect="allow", server="test", tool="echo", result_secrets="block"
+    )
+    plain = await Rule.objects.acreate(team=team.team, effect="allow", server="test", tool="write_file")
+    async with bridge(tmp_path, url=signoff.url, token=team.raw_token) as b:
+        blocked = await b.session.call_tool("echo", {"text": SECRET})
+        masked = await b.session.call_tool(
+            "write_file", {"path": "keys/AKIAIOSFODNN7EXAMPLE.txt", "content": "x"}
+        )
+    assert blocked.is_error and "Signoff blocked this result" in text_of(blocked)
+    assert "AKIAIOSFODNN7EXAMPLE" not in text_of(blocked)
+    assert not masked.is_error and "[masked by Signoff: a secret]" in text_of(masked)
+    assert "AKIAIOSFODNN7EXAMPLE" not in text_of(masked)
+    assert len(b.upstream_calls()) == 2  # both ran; only what came back differs
+
+    echo, write = await _calls(team)
+    assert (echo.rule_id, echo.state, echo.result_action) == (strict.pk, "failed", "block")
+    assert (write.rule_id, write.state, write.result_action) == (plain.pk, "completed", "mask")
+    applied = {
+        call.tool: (await AuditEvent.objects.aget(call=call, kind="call.allowed")).data["result_policy"]
+        for call in (echo, write)
+    }
+    assert applied["echo"]["secret"] == "block" and applied["write_file"]["secret"] == "mask"
+    assert applied["echo"]["instruction"] == applied["write_file"]["instruction"] == "mask"  # the team's

@@ -224,7 +224,7 @@ async def test_admin_exports_the_policy_and_imports_files_all_or_nothing_in_the_
             f"line {line_of(BROKEN_POLICY, '(a)')}: rules[1].constraints[0].value: regex '(a)\\\\1': "
             "backreferences and octal escapes are not supported (at position 3)",
             f"line {line_of(BROKEN_POLICY, 'colour')}: rules[2].colour: unknown key "
-            "(expected: effect, server, tool, constraints, note, enabled, expires_at)",
+            "(expected: effect, server, tool, constraints, note, results, enabled, expires_at)",
             f"line {line_of(BROKEN_POLICY, 'maybe')}: rules[3].effect: must be allow or deny",
         ]
         panel = " ".join((await problems.text_content() or "").split())

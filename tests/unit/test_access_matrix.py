@@ -15,6 +15,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connections
 from django.test import Client
 from django.urls import URLPattern, reverse
+from django.utils import timezone
 
 from approvals import policyfile
 from approvals.models import (
@@ -66,6 +68,7 @@ MATRIX: dict[str, tuple[str, str]] = {
     # Everyone in the team has a History: a member sees the calls of their own tokens (test_audit_views.py).
     "history": ("L 200 200 200 200 403", "L 200 200 200 200 403"),
     "decide": (NOT_ALLOWED, "L 302 302 403 403 403"),
+    "decide_result": (NOT_ALLOWED, "L 302 302 403 403 403"),
     "call_detail": ("L 200 200 200 200 403", NOT_ALLOWED),  # the member's own call
     # The team's whole record is for admins and auditors; exporting it writes an audit event.
     "audit": ("L 200 403 403 200 403", NOT_ALLOWED),
@@ -130,6 +133,7 @@ MFA_MATRIX: dict[str, tuple[str, str]] = {
     "queue": ("M M", "403 403"),
     "history": ("200 200", "200 200"),  # as a member's: the calls of their own tokens
     "decide": ("405 405", "403 403"),
+    "decide_result": ("405 405", "403 403"),
     "call_detail": ("M M", "405 405"),  # the member's call: their role would show it
     "audit": ("M 403", "405 405"),
     "audit_export": ("M 403", "405 405"),
@@ -184,6 +188,7 @@ class World:
     limit: RateLimit | None = None  # the team's, per token
     channel: NotificationChannel | None = None  # a signed webhook to an internal address
     upstream: Upstream | None = None  # the server the member's bridge fronts, in the inventory
+    held_result: ToolCall | None = None  # allowed and run, its result held for review
 
 
 @pytest.fixture
@@ -204,6 +209,14 @@ def world(
         tools_seen(team=team_a, server=SERVER, tools=[protocol.ToolInfo(name="read_file", hash=tool_hash)])
     call = submit(member_token.token, tool_hash=OTHER_TOOL_HASH).call
     assert call.state == ToolCall.State.PENDING
+    # Another call, allowed and run, whose result the bridge held for a reviewer.
+    held_result = submit(member_token.token, arguments={"path": "/srv/held-result"}).call
+    ToolCall.objects.filter(pk=held_result.pk).update(
+        state=ToolCall.State.ALLOWED,
+        started_at=timezone.now(),
+        result_review=ToolCall.ResultReview.HELD,
+        result_deadline=timezone.now() + timedelta(minutes=10),
+    )
     users = {"admin": admin, "reviewer": reviewer, "member": member, "auditor": auditor, "outsider": outsider}
     invitation, secret = invitation_create(team=team_a, email="invitee@example.com", role="member", by=admin)
     # For tools nobody calls here: the tests share one cache, whose counts outlive each test's database.
@@ -230,13 +243,15 @@ def world(
             team=team_a, kind="webhook", name="matrix", target="http://127.0.0.1:9/hook", secret="s" * 64
         ),
         upstream=upstream,
+        held_result=held_result,
     )
 
 
 def url_for(name: str, w: World) -> str:
     """The route's address for alpha's objects; routes without an object ask for ``?team=alpha``."""
     pattern = next(p for p in urlpatterns if isinstance(p, URLPattern) and p.name == name)
-    objects = {"call_id": str(w.call.pk), "token_id": w.token.pk, "membership_id": w.membership.pk}
+    call = w.held_result if name == "decide_result" and w.held_result else w.call
+    objects = {"call_id": str(call.pk), "token_id": w.token.pk, "membership_id": w.membership.pk}
     objects.update(invitation_id=w.invitation.pk if w.invitation else 0, secret=w.invitation_secret)
     objects.update(limit_id=w.limit.pk if w.limit else 0)
     objects.update(alert_id=w.alert.pk if w.alert else 0)
@@ -250,6 +265,7 @@ def post_data(name: str, w: World) -> dict[str, Any]:
     rule = {"effect": "deny", "server": "files", "tool": "write_file", "constraints": "[]", "enabled": "on"}
     return {
         "decide": {"decision": "deny", "reason": "matrix"},
+        "decide_result": {"decision": "block", "reason": "matrix"},
         "tokens": {"name": "matrix"},
         "token_networks": {"networks": "10.0.0.0/8"},
         "members": {"email": "newcomer@example.com", "role": "member"},
@@ -543,7 +559,8 @@ async def test_review_socket(
             assert (closed["type"], closed.get("code")) == ("websocket.close", 4403)
         else:
             assert first["type"] == "snapshot"
-            assert [c["id"] for c in first["calls"]] == [call_id]
+            # The held call, then the call whose result waits for review.
+            assert [c["id"] for c in first["calls"]] == [call_id, str(world.held_result.pk)]
             assert await act(socket, call_id) == (on_accept_tool, on_decide)
     final, tool_accepts = await state(call_id)
     assert final == ("denied" if on_decide == "decided" else "pending")

@@ -515,6 +515,26 @@ async def test_status_of_an_allowed_call_carries_the_teams_result_policy(
     }
 
 
+async def test_every_answer_about_a_call_a_rule_allowed_carries_the_rules_result_policy(
+    open_bridge, member_token: Issued, team_a: Any
+) -> None:
+    """The submit's answer, a status and a (refused) claim each read the call's rule, in async code."""
+    await database_sync_to_async(Rule.objects.create)(
+        team=team_a, effect="allow", server=SERVER, tool="read_file", result_secrets="block"
+    )
+    expected = {"instruction": "mask", "hidden_text": "mask", "secret": "block", "pii": "pass"}
+    bridge = await open_bridge(member_token.raw)
+    await bridge.send_to(text_data=call(ref="r1"))
+    submitted = await receive(bridge)
+    assert (submitted["state"], submitted["run"], submitted["result_policy"]) == ("allowed", True, expected)
+    call_id = submitted["call_id"]
+    await bridge.send_to(text_data=protocol.encode(protocol.Status(call_ids=[call_id])))
+    assert (await receive(bridge))["result_policy"] == expected
+    await bridge.send_to(text_data=protocol.encode(protocol.Claim(ref="r2", call_id=call_id)))
+    claimed = await receive(bridge)  # already handed over with the submit's answer: not run twice
+    assert (claimed["ref"], claimed["run"], claimed["result_policy"]) == ("r2", False, expected)
+
+
 async def test_repeating_a_held_call_reattaches_over_the_socket(open_bridge, member_token: Issued) -> None:
     bridge = await open_bridge(member_token.raw)
     await bridge.send_to(text_data=call(ref="r1"))

@@ -205,8 +205,8 @@ rules:
         "line 7: rules[0].expires_at: '2030-01-01' has no timezone: add Z for UTC or an offset such as "
         "+02:00",
         "line 8: rules[1]: effect is missing",
-        "line 10: rules[1].colour: unknown key (expected: effect, server, tool, constraints, note, enabled, "
-        "expires_at)",
+        "line 10: rules[1].colour: unknown key (expected: effect, server, tool, constraints, note, results, "
+        "enabled, expires_at)",
         "line 11: rules[2]: a rule must be a mapping with effect, server and tool",
     ]
 
@@ -355,7 +355,63 @@ def test_a_file_without_results_leaves_the_policy_and_a_bad_one_is_refused_with_
     team_a.refresh_from_db()
     assert team_a.result_personal_data == "mask"
     with pytest.raises(PolicyFileError) as refused:
-        parse_policy("version: 1\nresults:\n  secrets: hold\n  tone: quiet\nrules: []\n")
+        parse_policy("version: 1\nresults:\n  secrets: drop\n  tone: quiet\nrules: []\n")
     text = str(refused.value)
     assert "line 3" in text and "secrets" in text and "pass, mask, block" in text
     assert "line 4" in text and "tone" in text
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "json"])
+def test_a_rules_result_policy_survives_export_and_import(team_a, team_b, admin, fmt: str) -> None:
+    strict = rule_create(
+        team=team_a, by=admin, effect="allow", server="files", tool="read_file", result_secrets="block"
+    )
+    rule_create(team=team_a, by=admin, effect="allow", server="files", tool="list")
+    text = export_text(team_a, fmt=fmt)
+    document = yaml.safe_load(text)  # JSON is YAML
+    assert document["rules"][0]["results"] == {"secrets": "block"}
+    assert "results" not in document["rules"][1]  # the team's policy: nothing written
+    import_text(team=team_b, text=text, fmt=fmt, by=admin)
+    imported = list(Rule.objects.filter(team=team_b).order_by("id"))
+    assert [(r.tool, r.result_instructions, r.result_secrets, r.result_personal_data) for r in imported] == [
+        ("read_file", "", "block", ""),
+        ("list", "", "", ""),
+    ]
+    assert export_text(team_b, fmt=fmt).replace(team_b.slug, team_a.slug) == text
+    # The same rule with another result policy is another rule: it is replaced, not kept.
+    changed = text.replace("block", "mask")
+    result = import_text(team=team_a, text=changed, fmt=fmt, by=admin)
+    assert (result.added, result.removed, result.kept) == (1, 1, 1)
+    assert not Rule.objects.filter(pk=strict.pk).exists()
+    assert Rule.objects.get(team=team_a, tool="read_file").result_secrets == "mask"
+
+
+def test_a_rules_bad_result_policy_is_refused_with_its_line() -> None:
+    text = """\
+version: 1
+rules:
+  - effect: allow
+    server: files
+    tool: read_file
+    results:
+      secrets: drop
+      tone: quiet
+  - effect: deny
+    server: files
+    tool: "*"
+    results: {instructions: block}
+  - effect: allow
+    server: files
+    tool: list
+    results: block
+"""
+    with pytest.raises(PolicyFileError) as caught:
+        parse_policy(text)
+    actions = ", ".join(Team.ResultAction.values)
+    assert [str(p) for p in caught.value.problems] == [
+        f"line 7: rules[0].results.secrets: must be one of: {actions}",
+        "line 8: rules[0].results.tone: unknown key (expected: instructions, secrets, personal_data)",
+        "line 12: rules[1].results.instructions: a deny rule runs no call, so it has no result: leave it to "
+        "the team",
+        "line 16: rules[2].results: must be a mapping with instructions, secrets, personal_data",
+    ]

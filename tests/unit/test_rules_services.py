@@ -66,6 +66,8 @@ def test_a_refused_constraint_is_reported_naming_its_entry_and_nothing_is_saved(
         ({"constraints": [{"path": "p", "op": "nope", "value": 1}]}, "constraints"),
         ({"expires_at": datetime(2030, 1, 1)}, "expires_at"),
         ({"enabled": "yes"}, "enabled"),
+        ({"result_secrets": "drop"}, "result_secrets"),
+        ({"effect": "deny", "result_instructions": "block"}, "result_instructions"),
     ],
 )
 def test_invalid_values_are_refused_by_field(team_a, admin, values, field) -> None:
@@ -167,6 +169,66 @@ def test_every_change_reaches_the_next_call(team_a, admin, member_token, submit)
     rule_update(rule=rule, by=admin, effect="deny", server=SERVER, tool="read_file", constraints=[WITHIN])
     third = submit(member_token.token, arguments={"path": "/srv/project/c"}).call
     assert (third.state, third.rule_id) == ("denied", rule.pk)
+
+
+# --- the result policy of the calls a rule allows ---------------------------------------------------------
+
+TEAM_POLICY = {"instruction": "mask", "hidden_text": "mask", "secret": "mask", "pii": "pass"}
+
+
+def test_a_rules_result_overrides_go_over_the_teams_policy_kind_by_kind() -> None:
+    rule = Rule(effect="allow", result_instructions="block", result_personal_data="mask")
+    assert rule.result_policy_over(TEAM_POLICY) == {
+        "instruction": "block",
+        "hidden_text": "block",  # decided with instructions, as the team's setting
+        "secret": "mask",  # left blank: the team's
+        "pii": "mask",
+    }
+    assert Rule(effect="allow").result_policy_over(TEAM_POLICY) == TEAM_POLICY
+    assert TEAM_POLICY["instruction"] == "mask"  # the team's policy is not changed in place
+
+
+def test_result_overrides_are_stored_audited_and_cleared(team_a, admin) -> None:
+    rule = make(team_a, admin, result_secrets="block")
+    rule.refresh_from_db()
+    assert (rule.result_instructions, rule.result_secrets, rule.result_personal_data) == ("", "block", "")
+    [created] = events("rule.created")
+    assert created.data["result_secrets"] == "block" and created.data["result_instructions"] == ""
+    rule_update(
+        rule=rule, by=admin, effect="allow", server=SERVER, tool="read_file", result_personal_data="mask"
+    )
+    [event] = events("rule.updated")
+    assert event.data["changed"] == ["result_secrets", "result_personal_data"]
+    assert event.data["before"] == {"result_secrets": "block", "result_personal_data": ""}
+    assert event.data["after"] == {"result_secrets": "", "result_personal_data": "mask"}
+
+
+def test_a_call_a_rule_allows_carries_its_rules_policy_without_a_query(
+    team_a, admin, member_token, submit, django_assert_num_queries
+) -> None:
+    from approvals.realtime import decision_for
+
+    team_a.result_personal_data = "block"
+    team_a.save(update_fields=["result_personal_data"])
+    rule = make(team_a, admin, result_secrets="block", result_instructions="pass")
+    submitted = submit(member_token.token)
+    assert (submitted.call.state, submitted.call.rule_id) == ("allowed", rule.pk)
+    with django_assert_num_queries(0):  # the consumer sends it from async code, where no query may run
+        decision = decision_for(submitted.call, run=submitted.run)
+    expected = {"instruction": "pass", "hidden_text": "pass", "secret": "block", "pii": "block"}
+    assert decision.result_policy == expected
+    allowed = AuditEvent.objects.get(call=submitted.call, kind="call.allowed")
+    assert allowed.data["result_policy"] == expected
+
+
+def test_a_call_a_reviewer_allows_carries_the_teams_policy(team_a, reviewer, member_token, submit) -> None:
+    from approvals.realtime import decision_for
+    from approvals.services.calls import call_decide
+
+    held = submit(member_token.token).call  # no rule: held
+    call = call_decide(call_id=str(held.pk), reviewer=reviewer, allow=True)
+    assert call.rule_id is None and decision_for(call).result_policy == TEAM_POLICY
+    assert AuditEvent.objects.get(call=call, kind="call.allowed").data["result_policy"] == TEAM_POLICY
 
 
 # --- rule_spec -------------------------------------------------------------------------------------------

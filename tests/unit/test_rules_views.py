@@ -349,6 +349,55 @@ def test_an_admin_edits_a_rule(rule, admin) -> None:
     assert AuditEvent.objects.filter(kind="rule.updated").count() == 1
 
 
+def test_an_admin_sets_a_rules_result_policy_and_the_pages_show_it(team_a, rule, admin) -> None:
+    client = Client()
+    client.force_login(admin)
+    form = client.get(rule_url("rule_edit", rule)).content.decode()
+    assert "Results of the calls it allows" in form
+    assert "The team&#x27;s setting (mask)" in form and "The team&#x27;s setting (pass)" in form
+    response = client.post(
+        rule_url("rule_edit", rule),
+        {
+            "effect": "allow",
+            "server": SERVER,
+            "tool": "read_file",
+            "constraints": json.dumps([WITHIN]),
+            "note": "project files",
+            "enabled": "on",
+            "result_secrets": "block",
+            "result_personal_data": "",
+        },
+    )
+    assert response.status_code == 302
+    rule.refresh_from_db()
+    assert (rule.result_instructions, rule.result_secrets, rule.result_personal_data) == ("", "block", "")
+    event = AuditEvent.objects.get(kind="rule.updated")
+    assert event.data["changed"] == ["result_secrets"] and event.data["after"] == {"result_secrets": "block"}
+
+    detail = client.get(rule_url("rule_detail", rule)).content.decode()
+    assert "Secrets: <strong>block</strong>" in detail
+    assert "Personal data: <strong>pass</strong> (the team's)" in detail
+    listed = client.get(with_team(LIST)).content.decode()
+    assert "results: secrets block" in listed
+    edit = client.get(rule_url("rule_edit", rule)).content.decode()
+    assert '<option value="block" selected>block</option>' in edit
+
+
+def test_a_deny_rule_with_a_result_policy_is_refused_on_the_form(team_a, admin) -> None:
+    client = Client()
+    client.force_login(admin)
+    response = client.post(
+        NEW, {"effect": "deny", "server": SERVER, "tool": "t", "constraints": "", "result_secrets": "mask"}
+    )
+    assert response.status_code == 200
+    assert "a deny rule runs no call, so it has no result" in response.content.decode()
+    response = client.post(
+        NEW, {"effect": "allow", "server": SERVER, "tool": "t", "constraints": "", "result_secrets": "drop"}
+    )
+    assert response.status_code == 200 and "Select a valid choice" in response.content.decode()
+    assert not Rule.objects.exists()
+
+
 def test_switching_a_rule_off_and_on_returns_to_the_page(rule, admin) -> None:
     client = Client()
     client.force_login(admin)
