@@ -768,6 +768,32 @@ def call_held_payload(call: ToolCall) -> dict[str, Any]:
     }
 
 
+def notify_result_held(call: ToolCall, *, findings: dict[str, int]) -> None:
+    """Tell the team's ``call.held`` channels that a call's result waits for a reviewer (after commit). The
+    result itself does not leave the server: only how many findings of each kind it holds."""
+    payload = {
+        **call_held_payload(call),
+        "result_review": "held",
+        "result_deadline": call.result_deadline.isoformat() if call.result_deadline else None,
+        "findings": findings,
+    }
+    found = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in findings.items())
+    deadline = call.result_deadline or call.deadline
+    lines = [
+        f"{call.server}/{call.tool}, run for {payload['requester']} (token “{payload['token']}”), returned a "
+        f"result held for review: {found or 'findings'}.",
+        f"Release, mask or block it by {deadline.astimezone(UTC):%Y-%m-%d %H:%M} UTC, or it is blocked.",
+    ]
+    notify_team(
+        team=call.team,
+        event="call.held",
+        subject=f"Result held: {call.server}/{call.tool} by {payload['requester']}",
+        text="\n".join(lines),
+        link=call_link(call),
+        payload=payload,
+    )
+
+
 def notify_call_held(call: ToolCall) -> None:
     """Tell the team's ``call.held`` channels that a call waits for a reviewer (after commit)."""
     payload = call_held_payload(call)

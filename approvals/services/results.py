@@ -25,6 +25,7 @@ from approvals import access, realtime
 from approvals.models import BridgeToken, ToolCall
 from approvals.services.audit import audit_record
 from approvals.services.calls import _load, _with_relations, finding_counts
+from approvals.services.notifications import notify_result_held
 from mcpbridge import protocol
 
 Review = ToolCall.ResultReview
@@ -80,6 +81,8 @@ def result_hold(*, token: BridgeToken, hold: protocol.ResultHold) -> ToolCall:
             deadline=call.result_deadline.isoformat() if call.result_deadline else None,
         )
         realtime.call_changed(call)  # into the reviewers' queue
+        # The team's call.held channels: someone must look before the deadline.
+        notify_result_held(call, findings=finding_counts(findings))
     return call
 
 
