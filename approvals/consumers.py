@@ -430,23 +430,13 @@ class ReviewConsumer(AsyncWebsocketConsumer):
                 scope=scope,
                 constraints=constraints,
             )
-        except call_services.InvalidRule as exc:
-            await self.send_json({"type": "error", "call_id": call_id, "message": str(exc)})
-            return
-        except access.FourEyesRefused as exc:
-            await self.send_json(
-                {"type": "error", "call_id": call_id, "code": "four_eyes", "message": str(exc.args[0])}
-            )
-            return
-        except (call_services.CallNotFound, PermissionDenied):
-            await self.send_json(
-                {"type": "error", "call_id": call_id, "message": "no such call in your team"}
-            )
-            return
-        except call_services.CallAlreadyDecided as exc:
-            await self.send_json(
-                {"type": "error", "call_id": call_id, "message": f"already decided: {exc.call.state}"}
-            )
+        except (
+            call_services.InvalidRule,
+            call_services.CallNotFound,
+            call_services.CallAlreadyDecided,
+            PermissionDenied,
+        ) as exc:
+            await self.send_json(self._refused(call_id, exc))
             return
         await self.send_json({"type": "decided", "call_id": call_id, "state": call.state})
 
@@ -462,39 +452,37 @@ class ReviewConsumer(AsyncWebsocketConsumer):
                 decision=str(message.get("decision", "")),
                 reason=reason,
             )
-        except ValueError as exc:
-            await self.send_json({"type": "error", "call_id": call_id, "message": str(exc)})
-            return
-        except access.FourEyesRefused as exc:
-            await self.send_json(
-                {"type": "error", "call_id": call_id, "code": "four_eyes", "message": str(exc.args[0])}
-            )
-            return
-        except (call_services.CallNotFound, PermissionDenied):
-            await self.send_json(
-                {"type": "error", "call_id": call_id, "message": "no such call in your team"}
-            )
-            return
-        except result_services.ResultNotHeld as exc:
-            await self.send_json(
-                {
-                    "type": "error",
-                    "call_id": call_id,
-                    "message": f"already decided: {exc.call.result_review or 'not held'}",
-                }
-            )
+        except (
+            ValueError,
+            call_services.CallNotFound,
+            result_services.ResultNotHeld,
+            PermissionDenied,
+        ) as exc:
+            await self.send_json(self._refused(call_id, exc))
             return
         await self.send_json({"type": "decided", "call_id": call_id, "result_review": call.result_review})
+
+    @staticmethod
+    def _refused(call_id: str, exc: Exception) -> dict[str, Any]:
+        """The page's error frame for a decision the services refused."""
+        error: dict[str, Any] = {"type": "error", "call_id": call_id, "message": str(exc)}
+        if isinstance(exc, access.FourEyesRefused):
+            error.update(code="four_eyes", message=str(exc.args[0]))
+        elif isinstance(exc, call_services.CallNotFound | PermissionDenied):
+            error["message"] = "no such call in your team"
+        elif isinstance(exc, call_services.CallAlreadyDecided):
+            error["message"] = f"already decided: {exc.call.state}"
+        elif isinstance(exc, result_services.ResultNotHeld):
+            error["message"] = f"already decided: {exc.call.result_review or 'not held'}"
+        return error
 
     async def _accept_tool(self, call_id: str) -> None:
         try:
             accepted = await database_sync_to_async(call_services.call_tool_definition_accept)(
                 call_id=call_id, reviewer=self.scope["user"]
             )
-        except (call_services.CallNotFound, PermissionDenied):
-            await self.send_json(
-                {"type": "error", "call_id": call_id, "message": "no such call in your team"}
-            )
+        except (call_services.CallNotFound, PermissionDenied) as exc:
+            await self.send_json(self._refused(call_id, exc))
             return
         await self.send_json({"type": "tool_accepted", "call_id": call_id, "accepted": accepted})
 
