@@ -394,6 +394,12 @@ class ReviewConsumer(AsyncWebsocketConsumer):
         if isinstance(message, dict) and message.get("type") == "accept_tool":
             await self._accept_tool(str(message.get("call_id", "")))
             return
+        if isinstance(message, dict) and message.get("type") == "sync":
+            # The page asks again now and then: an update the channel layer dropped is not missed for long.
+            await self.send_json(
+                {"type": "snapshot", "calls": await database_sync_to_async(self._snapshot)()}
+            )
+            return
         if isinstance(message, dict) and message.get("type") == "decide_result":
             await self._decide_result(message)
             return

@@ -1,7 +1,7 @@
 """Group names and event payloads for the channel layer; only services broadcast, and only on commit.
 
 The channel layer is a hint, not the truth: a lost message costs latency, since bridges and pages
-re-sync from the database on every (re)connect.
+re-sync from the database on every (re)connect (and the queue pages every 30 s).
 """
 
 from __future__ import annotations

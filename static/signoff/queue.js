@@ -14,6 +14,7 @@
   const cards = new Map(); // call id -> {element, call}
   let socket = null;
   let retryDelay = 500;
+  const RESYNC_MS = 30000;
   let synced = false; // the first snapshot is what was already there: only later arrivals are announced
 
   function setStatus(text, state) {
@@ -324,7 +325,14 @@
     });
   }
 
+  // The live updates are best effort (a busy channel layer may drop one): ask for the whole queue now and
+  // then, and the snapshot handler adds what is missing and removes what is gone.
+  function resync() {
+    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "sync" }));
+  }
+
   refreshCounts();
   setInterval(tick, 1000);
+  setInterval(resync, RESYNC_MS);
   connect();
 })();

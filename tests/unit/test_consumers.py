@@ -12,6 +12,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -661,3 +662,27 @@ async def test_a_reviewer_who_lost_access_after_connecting_cannot_decide(
     await review.send_json_to({"type": "decide", "call_id": call_id, "decision": "allow"})
     assert (await receive_until(review, "error"))["message"] == "no such call in your team"
     assert await state_of(call_id) == "pending"
+
+
+async def test_a_page_that_asks_again_gets_the_whole_queue(
+    open_review, member_token: Issued, reviewer_cookie: bytes
+) -> None:
+    """The page re-syncs now and then (static/signoff/queue.js): an update the channel layer dropped is
+    made good by the next snapshot."""
+    review = await open_review(reviewer_cookie)
+    assert await receive(review) == {"type": "snapshot", "calls": []}
+    # Held without a broadcast reaching this page, as if the channel layer had dropped the update.
+    held = await database_sync_to_async(ToolCall.objects.create)(
+        team=member_token.token.team,
+        token=member_token.token,
+        requester=member_token.token.user,
+        server=SERVER,
+        tool="read_file",
+        arguments={"path": "/srv/missed"},
+        arguments_hash="x" * 64,
+        state=ToolCall.State.PENDING,
+        deadline=timezone.now() + timedelta(minutes=5),
+    )
+    await review.send_json_to({"type": "sync"})
+    snapshot = await receive(review)
+    assert snapshot["type"] == "snapshot" and [c["id"] for c in snapshot["calls"]] == [str(held.pk)]
