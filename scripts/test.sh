@@ -31,9 +31,17 @@ if [ "${SIGNOFF_TEST_LINT:-1}" != 0 ]; then
     .venv/bin/mypy approvals mcpbridge
 fi
 
+# Two workers by default (SIGNOFF_TEST_WORKERS; 1 runs in one process): the end-to-end tests mostly wait on
+# real processes, and each worker has its own database, Redis db, servers and browser (tests/*/conftest.py).
+# A file's tests stay on one worker (--dist loadfile): its module-scoped servers are started once.
+workers=(-p no:xdist)
+if [ "${SIGNOFF_TEST_WORKERS:-2}" -gt 1 ]; then
+    workers=(-n "${SIGNOFF_TEST_WORKERS:-2}" --dist loadfile)
+fi
+
 where="embedded default (SQLite, in-memory channel layer)"
 [ -n "${DATABASE_URL:-}" ] && where="PostgreSQL${REDIS_URL:+ + Redis}"
 echo "== unit tests on the $where" >&2
-.venv/bin/pytest tests/unit -q "$@"
+.venv/bin/pytest tests/unit -q "${workers[@]}" "$@"
 echo "== end-to-end tests on the $where" >&2
-.venv/bin/pytest -p no:django tests/e2e -q "$@"
+.venv/bin/pytest -p no:django tests/e2e -q "${workers[@]}" --durations=15 "$@"

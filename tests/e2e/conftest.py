@@ -37,6 +37,19 @@ ARTIFACTS = ROOT / "test-artifacts"
 _STATE = Path(tempfile.mkdtemp(prefix="signoff-e2e-"))
 _BASE_DATABASE_URL = os.environ.get("DATABASE_URL", "")
 _DB_NAME = f"signoff_e2e_{os.getpid()}"
+# Several workers (pytest-xdist, scripts/test.sh) each run their own servers, database (named by pid) and
+# channel prefix; with Redis each also takes its own Redis db, so that one worker's Celery does not take
+# the other's tasks (the broker's queue is per db).
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _WORKER and os.environ.get("REDIS_URL"):
+    _redis = urlsplit(os.environ["REDIS_URL"])
+    _db = int(_redis.path.strip("/") or 0) + int(_WORKER.removeprefix("gw") or 0)
+    os.environ["REDIS_URL"] = urlunsplit(_redis._replace(path=f"/{_db % 16}"))
+
+
+def _is_controller(session: pytest.Session) -> bool:
+    """The process that hands tests to the workers and runs none itself."""
+    return not _WORKER and bool(getattr(session.config.option, "numprocesses", None))
 
 
 def _database_url() -> str:
@@ -80,6 +93,8 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    if _is_controller(session):
+        return
     if _BASE_DATABASE_URL:
         with _admin_connect() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{_DB_NAME}"')
@@ -93,7 +108,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if _BASE_DATABASE_URL:
+    if _BASE_DATABASE_URL and not _is_controller(session):
         from django.db import connections
 
         connections.close_all()
@@ -165,7 +180,7 @@ class SignoffServer:
 @contextlib.contextmanager
 def running_server(name: str, *, ready_path: str = "/accounts/login/", **env: str) -> Iterator[SignoffServer]:
     ARTIFACTS.mkdir(exist_ok=True)
-    log_path = ARTIFACTS / f"daphne-{name}.log"
+    log_path = ARTIFACTS / f"daphne-{_WORKER}{'-' if _WORKER else ''}{name}.log"
     log_path.write_bytes(b"")
     server = SignoffServer(port=free_port(), log_path=log_path, env=env, ready_path=ready_path).start()
     try:
@@ -181,7 +196,7 @@ def celery_worker() -> Iterator[None]:
         yield
         return
     ARTIFACTS.mkdir(exist_ok=True)
-    with (ARTIFACTS / "celery.log").open("ab") as log:
+    with (ARTIFACTS / f"celery{'-' if _WORKER else ''}{_WORKER}.log").open("ab") as log:
         process = subprocess.Popen(
             [
                 str(BIN / "celery"),

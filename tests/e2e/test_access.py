@@ -115,7 +115,9 @@ async def test_member_of_another_team_cannot_see_or_decide_over_the_socket(
     assert ToolCall.objects.get(pk=call_id).state == "pending"
 
 
-@pytest.mark.parametrize("forged", [str(uuid.uuid4()), "../../etc/passwd", "1 OR 1=1", ""])
+@pytest.mark.parametrize(
+    "forged", [str(uuid.uuid4()), "../../etc/passwd", "1 OR 1=1", ""], ids=["unknown", "path", "sql", "empty"]
+)
 async def test_forged_call_ids_are_refused(signoff: SignoffServer, team: TeamSetup, forged: str) -> None:
     async with reviewer_socket(signoff, team.reviewer, team.team.slug) as reviewer:
         answer = await reviewer.decide(forged, "allow")

@@ -129,10 +129,13 @@ async def test_a_token_stops_at_its_expiry_closing_its_bridge(
 
     from approvals.services.tokens import token_issue
 
-    _, raw = token_issue(
-        team=team.team, user=team.member, name="short-lived", expires_at=timezone.now() + timedelta(seconds=4)
-    )
+    token, raw = token_issue(team=team.team, user=team.member, name="short-lived")
     async with bridge(tmp_path, url=signoff.url, token=raw) as b:
+        # It expires once its bridge is connected (however long a loaded machine took to start it).
+        with anyio.fail_after(15):
+            while BridgeToken.objects.get(pk=token.pk).last_used_at is None:
+                await anyio.sleep(0.1)
+        BridgeToken.objects.filter(pk=token.pk).update(expires_at=timezone.now() + timedelta(seconds=2))
         with anyio.fail_after(30):  # the server's sweeper (or Celery beat) revokes it within seconds
             result = await b.session.call_tool("write_file", {"path": "/srv/x", "content": "y"})
         after = await b.session.call_tool("echo", {"text": "again"})

@@ -32,10 +32,19 @@ _STATE_DIR = tempfile.mkdtemp(prefix="signoff-unit-")
 os.makedirs(os.path.join(_STATE_DIR, "static"), exist_ok=True)
 _OWN_STATE_DIR = "SIGNOFF_STATE_DIR" not in os.environ
 os.environ.setdefault("SIGNOFF_STATE_DIR", _STATE_DIR)
+_OWN_SETTINGS_MODULE = "DJANGO_SETTINGS_MODULE" not in os.environ
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+# With several workers (pytest-xdist), each has its own test database (pytest-django names it per worker)
+# and its own keys in a shared Redis (the cache holds rate-limit counts keyed by team and token ids, which
+# repeat across the workers' databases).
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _WORKER:
+    os.environ["SIGNOFF_CHANNEL_PREFIX"] = f"signoff-unit-{_WORKER}"
 django.setup()
 if _OWN_STATE_DIR:
     del os.environ["SIGNOFF_STATE_DIR"]
+if _OWN_SETTINGS_MODULE:  # so that workers (pytest-xdist), started after this, read the settings here too
+    del os.environ["DJANGO_SETTINGS_MODULE"]
 # No deadline sweeper thread racing the tests (they call ``calls_expire_due`` themselves). Set here, not
 # in the environment: with DJANGO_SETTINGS_MODULE given, pytest-django read the settings before this file.
 django_settings.SIGNOFF_INPROCESS_SWEEP_SECONDS = 0.0
