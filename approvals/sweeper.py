@@ -12,7 +12,7 @@ import threading
 import time
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from approvals.services.calls import calls_expire_due
 from approvals.services.results import results_expire_due
@@ -38,6 +38,9 @@ def start_inprocess_sweeper(interval: float) -> None:
                 calls_expire_due()
                 results_expire_due()
                 tokens_expire_due()
+            except (OperationalError, InterfaceError) as exc:
+                # The database is down (it is watched elsewhere): one line per sweep, not a traceback.
+                log.error("sweeping expired calls failed: the database is unreachable: %s", exc)
             except Exception:
                 log.exception("sweeping expired calls failed")
             finally:
