@@ -398,8 +398,9 @@ class Bridge:
         self, ctx: ServerRequestContext, params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         """Hold the call until Signoff allows it; run it upstream exactly once; otherwise explain."""
-        key = _held_key("tool", params.name, params.arguments or {})
-        held = self._held.get(key)
+        asked = ("tool", params.name, params.arguments or {})
+        key = _held_key(*asked) if self._held else ""  # hashed only while some result is held
+        held = self._held.get(key) if key else None
         if held is not None:  # the client repeats a call whose result waits for review: not run again
             answer = await self._await_held(ctx, key, held)
             return tool_error(answer) if isinstance(answer, str) else answer
@@ -424,7 +425,7 @@ class Bridge:
             result = tool_error(f"The call was allowed but failed: {reason}.")
             self._report_soon(decision.call_id, True, _summary(result), started, list)
             return result
-        answer = await self._apply_result_policy(ctx, key, decision, result, started)
+        answer = await self._apply_result_policy(ctx, asked, decision, result, started)
         return tool_error(answer) if isinstance(answer, str) else answer
 
     async def read_resource(
@@ -453,8 +454,9 @@ class Bridge:
         """Decide a non-tool request as its pseudo-tool, then forward it once. A refusal is a JSON-RPC
         error (these requests have no error result), whose message says why, as a tool's would."""
         arguments = gated.arguments_of(params.model_dump(mode="json", by_alias=True, exclude_none=True))
-        key = _held_key(gated.kind, gated.name, arguments)
-        held = self._held.get(key)
+        asked = (gated.kind, gated.name, arguments)
+        key = _held_key(*asked) if self._held else ""  # hashed only while some result is held
+        held = self._held.get(key) if key else None
         if held is not None:  # the client repeats a request whose result waits for review
             reviewed = await self._await_held(ctx, key, held)
             if isinstance(reviewed, str):
@@ -475,7 +477,7 @@ class Bridge:
             reason = self.upstream_gone or f"the upstream MCP server failed: {exc}"
             self._report_soon(decision.call_id, True, reason, started, list)
             raise MCPError(UPSTREAM_FAILED, f"The request was allowed but failed: {reason}.") from exc
-        answer = await self._apply_result_policy(ctx, key, decision, result, started)
+        answer = await self._apply_result_policy(ctx, asked, decision, result, started)
         if isinstance(answer, str):
             raise MCPError(REFUSED, answer)
         return answer
@@ -483,7 +485,7 @@ class Bridge:
     async def _apply_result_policy(
         self,
         ctx: ServerRequestContext,
-        key: str,
+        asked: tuple[str, str, dict[str, Any]],
         decision: protocol.Decision,
         result: _Result,
         started: float,
@@ -506,6 +508,7 @@ class Bridge:
         findings = await anyio.to_thread.run_sync(inspect)
         action, to_mask = _outcome(findings, policy)
         if action == "hold":
+            key = _held_key(*asked)
             held = HeldResult(decision.call_id)
             self._held[key] = held
             assert self._background is not None
