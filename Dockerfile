@@ -28,15 +28,19 @@ RUN groupadd --system --gid 10001 signoff \
 
 WORKDIR /app
 # Only what the server needs (no .venv, .signoff state, tests, docs; .dockerignore keeps .env out too).
-COPY pyproject.toml README.md manage.py ./
+COPY pyproject.toml requirements.lock README.md manage.py ./
 COPY config ./config
 COPY approvals ./approvals
 COPY mcpbridge ./mcpbridge
 COPY templates ./templates
 COPY static ./static
 COPY scripts/web.sh scripts/healthcheck.py ./scripts/
-# The server's dependencies (the `server` extra), not the `dev` one (pytest, playwright, linters).
-RUN pip install '.[server]' \
+# The server's dependencies (the `server` extra), not the `dev` one (pytest, playwright, linters): exactly
+# the versions and files requirements.lock pins and hashes (scripts/lock.sh writes it), then Signoff itself
+# with nothing more; `pip check` fails the build if the lock no longer satisfies pyproject.toml.
+RUN pip install --require-hashes --no-deps -r requirements.lock \
+    && pip install --no-deps . \
+    && pip check \
     && chmod 0755 scripts/web.sh scripts/healthcheck.py
 # Static files, collected once at build: content-hashed and gzipped (SIGNOFF_STATIC_MANIFEST), read-only
 # at run time, served by WhiteNoise from every web process. collectstatic reads the settings, hence a

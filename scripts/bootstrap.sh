@@ -2,8 +2,10 @@
 # Shared set-up for scripts/run.sh and scripts/test.sh: source it, then call ensure_venv.
 #
 #   ensure_venv [EXTRAS]   create .venv with Python 3.11+ if missing (or broken, or too old), and
-#                          pip install -e '.[EXTRAS]' (default: server,dev) only when pyproject.toml or
-#                          the extras changed since the last install (stamp file .venv/.signoff-installed).
+#                          pip install -e '.[EXTRAS]' (default: server,dev) only when pyproject.toml,
+#                          requirements.lock or the extras changed since the last install (stamp file
+#                          .venv/.signoff-installed). The server's dependencies are held to the versions
+#                          requirements.lock pins, so tests and `make run` use what the image ships.
 #
 # Afterwards SIGNOFF_ROOT is the repository and SIGNOFF_VENV its virtualenv.
 # Environment: PYTHON=/path/to/python3.x picks the interpreter for a new venv.
@@ -40,12 +42,17 @@ ensure_venv() {
     fi
     stamp="$SIGNOFF_VENV/.signoff-installed"
     want="$("$SIGNOFF_VENV/bin/python" -c 'import hashlib, sys
-print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' "$SIGNOFF_ROOT/pyproject.toml") $extras" \
-        || return 1
+print(" ".join(hashlib.sha256(open(name, "rb").read()).hexdigest() for name in sys.argv[1:]))' \
+        "$SIGNOFF_ROOT/pyproject.toml" "$SIGNOFF_ROOT/requirements.lock") $extras" || return 1
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         echo "Installing Signoff and its dependencies into $SIGNOFF_VENV ([$extras])…" >&2
         rm -f "$stamp"
-        (cd "$SIGNOFF_ROOT" && "$SIGNOFF_VENV/bin/python" -m pip install -qq -e ".[$extras]") || return 1
+        # The lock's pins as constraints, without its hashes: hashes would put pip in hash-checking mode,
+        # which an editable install and the unpinned dev tools cannot satisfy.
+        local pins="$SIGNOFF_VENV/.signoff-pins.txt"
+        sed -n 's/^\([A-Za-z0-9._-]\{1,\}==[^ ]*\).*/\1/p' "$SIGNOFF_ROOT/requirements.lock" >"$pins" || return 1
+        (cd "$SIGNOFF_ROOT" && "$SIGNOFF_VENV/bin/python" -m pip install -qq -c "$pins" -e ".[$extras]") \
+            || return 1
         printf '%s\n' "$want" >"$stamp"
     fi
 }

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README's `make test` runs it:
-#   lint (ruff, mypy) → fast unit tests → end-to-end tests on real processes (Daphne, mcpbridge,
-#   upstream MCP servers, headless Chromium; with REDIS_URL also a Celery worker and beat).
+#   lint (ruff, mypy) and the dependency audit → fast unit tests → end-to-end tests on real processes
+#   (Daphne, mcpbridge, upstream MCP servers, headless Chromium; with REDIS_URL also a Celery worker and beat).
 # With no environment it tests the embedded default (SQLite, in-memory layer); with DATABASE_URL and
 # REDIS_URL set, the same suite runs on PostgreSQL + Redis. Extra arguments go to pytest.
-# SIGNOFF_TEST_LINT=0 skips the linters (CI's second configuration has run them already).
+# SIGNOFF_TEST_LINT=0 skips the linters and the audit (CI's second configuration has run them already);
+# SIGNOFF_AUDIT_STRICT=1 makes a package the audit could not look up fail the run (where PyPI's API answers).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 ensure_venv server,dev
@@ -29,6 +30,9 @@ if [ "${SIGNOFF_TEST_LINT:-1}" != 0 ]; then
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
     .venv/bin/mypy approvals mcpbridge
+    echo "== dependency audit (requirements.lock)" >&2
+    # Fails on a known vulnerability; says so when no advisory service could be reached (docs/security.md).
+    .venv/bin/python scripts/audit_deps.py ${SIGNOFF_AUDIT_STRICT:+--strict}
 fi
 
 # Two workers by default (SIGNOFF_TEST_WORKERS; 1 runs in one process): the end-to-end tests mostly wait on

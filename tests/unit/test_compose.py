@@ -25,7 +25,6 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -177,14 +176,19 @@ def test_the_dockerfile_builds_a_slim_non_root_server_image() -> None:
     assert _image_env()["SIGNOFF_STATIC_MANIFEST"] == "true"
 
 
-def test_the_dockerfile_installs_the_server_extra_and_no_dev_dependencies() -> None:
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+def test_the_dockerfile_installs_the_locked_server_dependencies_and_no_dev_ones() -> None:
     runs = " ".join(rest for keyword, rest in _dockerfile_instructions() if keyword == "RUN")
-    installed = re.findall(r"pip install '\.\[([a-z,]+)\]'", runs)
-    assert installed == ["server"]
-    assert set(installed[0].split(",")) <= set(extras)
-    assert "dev" not in installed[0].split(",")
-    assert not re.search(r"pip install[^&]*\b(pytest|playwright|ruff|mypy)\b", runs)
+    installs = re.findall(r"pip install ([^&]+)", runs)
+    # The lock, hash-checked and without resolving anything else; then the package alone.
+    assert [install.split() for install in installs] == [
+        ["--require-hashes", "--no-deps", "-r", "requirements.lock"],
+        ["--no-deps", "."],
+    ]
+    assert "pip check" in runs
+    assert ("COPY", "pyproject.toml requirements.lock README.md manage.py ./") in _dockerfile_instructions()
+    # What the lock holds is the server extra's closure (tests/unit/test_lock.py), never a dev tool.
+    locked = (ROOT / "requirements.lock").read_text()
+    assert not re.search(r"^(pytest|playwright|ruff|mypy|pip-audit|hypothesis)==", locked, re.MULTILINE)
 
 
 def test_every_file_the_image_runs_is_copied_into_it() -> None:
