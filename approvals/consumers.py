@@ -6,11 +6,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from typing import Any
 from urllib.parse import parse_qs
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -39,6 +42,8 @@ UNAVAILABLE = (
     "Signoff is temporarily unavailable: it cannot reach its message broker (Redis), so no decision "
     "could reach this bridge. Nothing was run; try again shortly"
 )
+RESULT_DELAY_SECONDS = 0.005
+"""How long a bridge's result report waits for a call that follows it (``BridgeConsumer._record_soon``)."""
 DATABASE_DOWN = (
     "Signoff is temporarily unavailable: it cannot reach its database, so nothing can be recorded or "
     "decided. Nothing was run; try again shortly"
@@ -56,6 +61,8 @@ class BridgeConsumer(AsyncWebsocketConsumer):
     tools_known: bool
     """Whether ``tools`` is the upstream's list, rather than the empty one of a hello sent before the
     upstream answered ``initialize``."""
+    recording: asyncio.Task[None] | None = None
+    """Records the result reports waiting in ``results`` (``_record_soon``), while it runs."""
 
     async def connect(self) -> None:
         self.token = self.scope.get("bridge_token")
@@ -64,6 +71,8 @@ class BridgeConsumer(AsyncWebsocketConsumer):
         self.tools = {}
         self.report = None
         self.tools_known = False
+        self.results: list[protocol.Result] = []
+        self.record_now = asyncio.Event()
         # Accept first, so the bridge sees why it is refused instead of a bare HTTP 403.
         await self.accept()
         if self.scope.get(DATABASE_UNAVAILABLE):  # the token could not be checked: not refused, not let in
@@ -107,8 +116,19 @@ class BridgeConsumer(AsyncWebsocketConsumer):
         if getattr(self, "counted", False):  # first: a failing group_discard must not leave it counted
             self.counted = False
             metrics.socket_closed("bridge")
+        await self._results_recorded()  # the bridge sent them: they are recorded though it left
         if self.token is not None:
             await self.channel_layer.group_discard(realtime.bridge_group(self.token.pk), self.channel_name)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels runs ``close_old_connections`` before every handler, as a hop of its own through the
+        # process's one database thread: one more hand-off per frame, queued behind every other socket's
+        # queries. Every handler here reaches the database only through ``database_sync_to_async``, which
+        # closes old connections itself, before and after.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.token is None or self.gate.closed:
@@ -138,6 +158,15 @@ class BridgeConsumer(AsyncWebsocketConsumer):
                 )
             )
             return
+        if isinstance(message, protocol.Result):
+            self._record_soon(message)
+            return
+        if not isinstance(message, protocol.Call):
+            await self._results_recorded()  # every frame but a new call keeps its place after the results
+        await self._serve(message)
+
+    async def _serve(self, message: Any) -> None:
+        """Handle one frame; what the services refuse, or a database that is down, is answered in words."""
         try:
             await self._dispatch(message)
         except call_services.CallNotFound as exc:
@@ -225,6 +254,37 @@ class BridgeConsumer(AsyncWebsocketConsumer):
                 token=token, call_ids=message.call_ids
             ):
                 await self._send(realtime.decision_for(call))
+
+    def _record_soon(self, result: protocol.Result) -> None:
+        """Record a result report a moment later, after the frames that follow it at once.
+
+        The bridge reports as its client gets the answer, and the client's next call tends to arrive within a
+        millisecond; a process's database work runs on one thread, one piece after another, so that call's
+        decision would wait behind the report (docs/performance.md). No report is dropped or reordered with
+        another: any frame but a new call, and the socket closing, first waits for the reports before it.
+        """
+        self.results.append(result)
+        if self.recording is None:
+            self.record_now.clear()
+            self.recording = asyncio.create_task(self._record_results())
+
+    async def _record_results(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.record_now.wait(), RESULT_DELAY_SECONDS)
+        try:
+            while self.results:
+                await self._serve(self.results.pop(0))
+        except Exception:  # as an error in a handler does: logged, and the bridge reconnects
+            log.exception("bridge result report failed")
+            await self.close(code=CLOSE_UNAVAILABLE, reason="result report failed")
+        finally:
+            self.recording = None
+
+    async def _results_recorded(self) -> None:
+        """Wait until the reports received so far are recorded (at once, not after their delay)."""
+        if self.recording is not None:
+            self.record_now.set()
+            await self.recording
 
     def _called(self, call: protocol.Call) -> tuple[str | None, dict[str, Any] | None, dict[str, Any] | None]:
         """The hash, input schema and annotations of what a call names; no hash when there is no such tool.
