@@ -556,8 +556,19 @@ class ReviewConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=json.dumps(content))
 
     # --- channel layer events -----------------------------------------------------------------------
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels runs ``close_old_connections`` before every handler, on the process's one database
+        # thread: for a queue update that touches no database that is a hop per page through the thread every
+        # socket's queries wait for (100 pages, 100 hops per update). Handlers that do query use
+        # ``database_sync_to_async``, which closes old connections itself.
+        if message["type"] == "call.update":
+            await self.call_update(message)
+            return
+        await super().dispatch(message)
+
     async def call_update(self, event: dict[str, Any]) -> None:
-        await self.send_json({"type": "call", "call": event["call"]})
+        # Rendered once for the whole team (``realtime.call_changed``): every page of it is shown the same.
+        await self.send(text_data=event["text"])
 
     async def review_closed(self, event: dict[str, Any]) -> None:
         if event.get("team") not in (None, self.team.pk if self.team else None):
