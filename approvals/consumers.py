@@ -23,11 +23,12 @@ from django.db import InterfaceError, OperationalError
 from approvals import access, metrics, realtime, scopes, security, selectors
 from approvals.logging import log_bind, new_request_id
 from approvals.middleware import DATABASE_UNAVAILABLE
-from approvals.models import BridgeToken, Team
+from approvals.models import BridgeToken, Team, ToolCall
 from approvals.services import calls as call_services
 from approvals.services import results as result_services
 from approvals.services.inventory import sighting_of, upstream_seen
 from approvals.services.networks import token_network_refused
+from approvals.services.presence import calls_detach, calls_follow
 from approvals.services.server_review import unapproved_server_refusal
 from approvals.services.tokens import server_in_scope, token_scope_refused, token_touch
 from approvals.services.tools import tools_seen
@@ -63,6 +64,8 @@ class BridgeConsumer(AsyncWebsocketConsumer):
     upstream answered ``initialize``."""
     recording: asyncio.Task[None] | None = None
     """Records the result reports waiting in ``results`` (``_record_soon``), while it runs."""
+    following: set[str]
+    """The undecided calls this connection waits on: detached when it closes (services/presence.py)."""
 
     async def connect(self) -> None:
         self.token = self.scope.get("bridge_token")
@@ -73,6 +76,7 @@ class BridgeConsumer(AsyncWebsocketConsumer):
         self.tools_known = False
         self.results: list[protocol.Result] = []
         self.record_now = asyncio.Event()
+        self.following = set()
         # Accept first, so the bridge sees why it is refused instead of a bare HTTP 403.
         await self.accept()
         if self.scope.get(DATABASE_UNAVAILABLE):  # the token could not be checked: not refused, not let in
@@ -118,6 +122,7 @@ class BridgeConsumer(AsyncWebsocketConsumer):
             metrics.socket_closed("bridge")
         await self._results_recorded()  # the bridge sent them: they are recorded though it left
         if self.token is not None:
+            await self._detach_followed()
             await self.channel_layer.group_discard(realtime.bridge_group(self.token.pk), self.channel_name)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
@@ -222,7 +227,9 @@ class BridgeConsumer(AsyncWebsocketConsumer):
             )
             log_bind(call_id=submitted.call.pk)
             await self._send(realtime.decision_for(submitted.call, run=submitted.run, ref=message.ref))
+            await self._follow([submitted.call])
         elif isinstance(message, protocol.Claim):
+            self.following.discard(message.call_id)
             call, run = await database_sync_to_async(call_services.call_claim)(
                 token=token, call_id=message.call_id
             )
@@ -245,15 +252,43 @@ class BridgeConsumer(AsyncWebsocketConsumer):
                 call = exc.call  # its state says why (denied, finished, decided): the bridge blocks
             await self._send(realtime.decision_for(call, ref=message.ref))
         elif isinstance(message, protocol.Withdraw):
+            self.following.discard(message.call_id)
             call = await database_sync_to_async(call_services.call_withdraw)(
                 token=token, call_id=message.call_id, reason=message.reason
             )
             await self._send(realtime.decision_for(call, ref=message.ref))
         elif isinstance(message, protocol.Status):
-            for call in await database_sync_to_async(call_services.call_states_for_bridge)(
+            calls = await database_sync_to_async(call_services.call_states_for_bridge)(
                 token=token, call_ids=message.call_ids
-            ):
+            )
+            for call in calls:
                 await self._send(realtime.decision_for(call))
+            await self._follow(calls)  # a reconnected bridge asks after the calls it still waits on
+
+    async def _follow(self, calls: list[ToolCall]) -> None:
+        """This connection waits on these calls: the undecided ones are detached if it closes, and one
+        detached from an earlier connection of the token is followed again (services/presence.py)."""
+        undecided = [
+            call
+            for call in calls
+            if call.state in (ToolCall.State.PENDING, ToolCall.State.ALLOWED) and call.started_at is None
+        ]
+        self.following.update(str(call.pk) for call in undecided)
+        detached = [str(call.pk) for call in undecided if call.detached_until is not None]
+        if detached and self.token is not None:
+            await database_sync_to_async(calls_follow)(token_id=self.token.pk, call_ids=detached)
+
+    async def _detach_followed(self) -> None:
+        """The bridge left without a word about its undecided calls: they are cancelled after a grace unless
+        a bridge of the token follows them again. With the database down they are left to their deadline."""
+        assert self.token is not None
+        if not self.following:
+            return
+        try:
+            await database_sync_to_async(calls_detach)(token_id=self.token.pk, call_ids=list(self.following))
+        except (OperationalError, InterfaceError) as exc:
+            log.error("held calls of a closed bridge not detached: the database is unreachable: %s", exc)
+        self.following.clear()
 
     def _record_soon(self, result: protocol.Result) -> None:
         """Record a result report a moment later, after the frames that follow it at once.
@@ -379,7 +414,10 @@ class BridgeConsumer(AsyncWebsocketConsumer):
 
     # --- channel layer events -----------------------------------------------------------------------
     async def bridge_decision(self, event: dict[str, Any]) -> None:
-        await self._send(protocol.Decision(**event["decision"]))
+        decision = protocol.Decision(**event["decision"])
+        if decision.state not in ("pending", "allowed"):  # over: denied, expired, cancelled
+            self.following.discard(decision.call_id)
+        await self._send(decision)
 
     async def bridge_revoked(self, event: dict[str, Any]) -> None:
         await self._send(

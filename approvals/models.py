@@ -20,6 +20,11 @@ def new_rules_version() -> int:
     return secrets.randbits(62)
 
 
+def team_default_deadline() -> int:
+    """A new team's deadline for held calls, however it is created (service, admin, shell)."""
+    return int(settings.SIGNOFF_DEFAULT_DEADLINE_SECONDS)
+
+
 class Team(models.Model):
     """A group of people sharing bridges, rules and one review queue."""
 
@@ -37,7 +42,8 @@ class Team(models.Model):
     slug = models.SlugField(max_length=60, unique=True)
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.REVIEW)
     default_deadline_seconds = models.PositiveIntegerField(
-        default=600, help_text="How long a held call waits for a decision before it expires (denied)."
+        default=team_default_deadline,
+        help_text="How long a held call waits for a decision before it expires (denied).",
     )
     rules_version = models.PositiveBigIntegerField(
         default=new_rules_version,
@@ -375,6 +381,12 @@ class ToolCall(models.Model):
     result_reviewed_at = models.DateTimeField(null=True, blank=True)
     result_review_reason = models.CharField(max_length=1000, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    detached_until = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Set when the bridge connection that held this undecided call closed: the call is "
+        "cancelled at this time unless a bridge of its token follows it again (services/presence.py).",
+    )
     payload_purged_at = models.DateTimeField(
         null=True,
         blank=True,
@@ -390,6 +402,12 @@ class ToolCall(models.Model):
             models.Index(fields=["team", "-created_at"], name="call_team_newest"),
             # The sweep of held results past their deadline.
             models.Index(fields=["result_review", "result_deadline"], name="call_result_review"),
+            # The sweep of held calls whose bridge went away; nearly every row has none, hence partial.
+            models.Index(
+                fields=["detached_until"],
+                name="call_detached",
+                condition=models.Q(detached_until__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:

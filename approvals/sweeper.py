@@ -1,8 +1,9 @@
 """The deadline sweeper for the embedded default, where no Celery beat runs: a daemon thread per process.
 
-It expires held calls and held results past their deadline and revokes tokens past their expiry (closing
-their bridges), and every ``SIGNOFF_RETENTION_INTERVAL_SECONDS`` (first at start-up) clears payloads past
-their team's retention (``approvals.services.retention``), as Celery beat's hourly task does with Redis.
+It runs the sweep of every deadline (``approvals.services.sweep.sweep_due``: held calls and held results
+past their deadline, held calls whose bridge went away, tokens past their expiry), and every
+``SIGNOFF_RETENTION_INTERVAL_SECONDS`` (first at start-up) clears payloads past their team's retention
+(``approvals.services.retention``), as Celery beat's hourly task does with Redis.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ import time
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
 
-from approvals.services.calls import calls_expire_due
-from approvals.services.results import results_expire_due
 from approvals.services.retention import payloads_purge_due
-from approvals.services.tokens import tokens_expire_due
+from approvals.services.sweep import sweep_due
 
 log = logging.getLogger(__name__)
 _started = threading.Event()
@@ -35,9 +34,7 @@ def start_inprocess_sweeper(interval: float) -> None:
         last_retention: float | None = None
         while not stop.wait(interval):
             try:
-                calls_expire_due()
-                results_expire_due()
-                tokens_expire_due()
+                sweep_due()
             except (OperationalError, InterfaceError) as exc:
                 # The database is down (it is watched elsewhere): one line per sweep, not a traceback.
                 log.error("sweeping expired calls failed: the database is unreachable: %s", exc)

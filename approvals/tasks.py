@@ -7,17 +7,14 @@ from typing import Any
 from celery import Task, shared_task
 
 from approvals.services import notifications
-from approvals.services.calls import calls_expire_due
-from approvals.services.results import results_expire_due
 from approvals.services.retention import payloads_purge_due
-from approvals.services.tokens import tokens_expire_due
+from approvals.services.sweep import sweep_due
 
 
 @shared_task(name="approvals.tasks.expire_due_calls", ignore_result=True)
 def expire_due_calls() -> int:
-    """Expire held calls and held results past their deadline, and tokens past their expiry (scheduled by
-    Celery beat)."""
-    return calls_expire_due() + results_expire_due() + tokens_expire_due()
+    """The sweep of every deadline (``sweep_due``), scheduled every 2 s by Celery beat."""
+    return sweep_due()
 
 
 @shared_task(name="approvals.tasks.purge_payloads", ignore_result=True)

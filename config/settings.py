@@ -167,6 +167,9 @@ CELERY_BEAT_SCHEDULE = {
 # in the embedded setup (no Celery worker there); with Redis, Celery beat sweeps and this is off.
 SIGNOFF_INPROCESS_SWEEP_SECONDS = env_float("SIGNOFF_INPROCESS_SWEEP_SECONDS", 0.0 if REDIS_URL else 1.0)
 SIGNOFF_DEFAULT_DEADLINE_SECONDS = env_int("SIGNOFF_DEFAULT_DEADLINE_SECONDS", 600)
+# A held call whose bridge disconnected (killed, laptop closed) is cancelled after this many seconds unless a
+# bridge of its token reconnects and follows it again. Keep it above the bridges' --reconnect-grace (10 s).
+SIGNOFF_DETACHED_CALL_GRACE_SECONDS = env_float("SIGNOFF_DETACHED_CALL_GRACE_SECONDS", 30.0)
 # Seconds between payload-retention runs of the in-process sweeper (embedded default; Celery beat runs it
 # hourly with Redis). The first run is at start-up.
 SIGNOFF_RETENTION_INTERVAL_SECONDS = env_float("SIGNOFF_RETENTION_INTERVAL_SECONDS", 3600.0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.db import transaction
@@ -22,9 +21,7 @@ def team_create(*, name: str, slug: str = "", by: User | None = None) -> Team:
     if not slug:
         raise ValueError("A team needs a name with letters or digits.")
     with transaction.atomic():
-        team = Team.objects.create(
-            name=name, slug=slug, default_deadline_seconds=settings.SIGNOFF_DEFAULT_DEADLINE_SECONDS
-        )
+        team = Team.objects.create(name=name, slug=slug)  # the deadline: SIGNOFF_DEFAULT_DEADLINE_SECONDS
         audit_record(kind="team.created", team=team, actor_id=by.pk if by else None, name=name, slug=slug)
     return team
 

@@ -563,3 +563,42 @@ async def test_a_vanishing_client_withdraws_its_held_call(
     assert row.reason == "cancelled by the MCP client"
     assert AuditEvent.objects.filter(call_id=row.pk, kind="call.cancelled").exists()
     assert not upstream_log.exists() or upstream_log.read_text() == ""
+
+
+# --- the bridge killed ------------------------------------------------------------------------------------
+async def test_a_killed_bridges_held_call_is_cancelled_once_the_grace_passes(
+    team: TeamSetup, tmp_path: Path
+) -> None:
+    """SIGKILL of the bridge itself: it withdraws nothing. Its socket closes, the server detaches the held
+    call and, when no bridge of the token follows it again within the grace, cancels it, so no reviewer
+    allows a call that nothing would run (approvals/services/presence.py)."""
+    upstream_log = tmp_path / "upstream.jsonl"
+    with (
+        running_server("detached", SIGNOFF_DETACHED_CALL_GRACE_SECONDS="2") as server,
+        (tmp_path / "bridge.stderr").open("w") as errlog,
+    ):
+        client = subprocess.Popen(
+            [PYTHON, "-c", CLIENT, *bridge_command()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errlog,
+            env=bridge_env(url=server.url, token=team.raw_token, upstream_log=upstream_log),
+        )
+        assert client.stdout is not None
+        try:
+            async with reviewer_socket(server, team.reviewer, team.team.slug) as reviewer:
+                held = await reviewer.pending_call("write_file", timeout=30)
+                bridge_pid = int(await anyio.to_thread.run_sync(client.stdout.readline))
+                os.kill(bridge_pid, signal.SIGKILL)
+                killed_at = time.monotonic()
+                gone = await reviewer.next(left_queue(held["id"]), timeout=30)
+                assert gone["call"]["state"] == "cancelled"
+                assert time.monotonic() - killed_at >= 1.5  # not before the grace
+        finally:
+            client.kill()
+            client.wait(10)
+    row = ToolCall.objects.get(pk=held["id"])
+    assert row.state == ToolCall.State.CANCELLED and row.started_at is None
+    assert row.reason == "cancelled: its bridge disconnected and did not come back in time"
+    assert AuditEvent.objects.filter(call_id=row.pk, kind="call.cancelled").exists()
+    assert not upstream_log.exists() or upstream_log.read_text() == ""

@@ -122,3 +122,11 @@ def test_a_post_without_the_result_policy_keeps_it(admin, team_a) -> None:
     assert team_a.result_instructions == "block"
     response = logged_in(admin).post(SETTINGS, form(result_secrets="shred"))
     assert response.status_code == 200 and "Select a valid choice" in response.content.decode()
+
+
+def test_a_new_team_gets_the_installations_default_deadline_however_it_is_created(settings: Any) -> None:
+    from approvals.services.teams import team_create
+
+    settings.SIGNOFF_DEFAULT_DEADLINE_SECONDS = 900
+    assert team_create(name="Gamma").default_deadline_seconds == 900
+    assert Team.objects.create(name="Delta", slug="delta").default_deadline_seconds == 900  # admin, shell

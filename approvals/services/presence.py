@@ -1,0 +1,89 @@
+"""Which held calls a bridge still follows: a held call whose bridge went away is cancelled.
+
+A bridge follows its undecided calls over its websocket: it submitted them there, or named them in a
+``status`` after reconnecting. When that connection closes, its undecided calls are *detached*: they get a
+time, ``detached_until`` (now + ``SIGNOFF_DETACHED_CALL_GRACE_SECONDS``), at which the sweep cancels them,
+unless a bridge of the same token follows them again first (it reconnects after a blip or a Signoff restart).
+
+Without it, the held calls of a bridge that died without withdrawing them (SIGKILL, a crash, a laptop that
+never woke up) would wait in the queue until their deadline, and a reviewer could allow a call that nothing
+will ever run. A Signoff process that dies closes no connection: its bridges reconnect and follow their calls
+again, and nothing was detached.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from approvals import realtime
+from approvals.models import ToolCall
+from approvals.services.audit import audit_record
+
+State = ToolCall.State
+UNDECIDED = Q(state__in=[State.PENDING, State.ALLOWED], started_at__isnull=True)
+"""A call its bridge still waits on: held, or allowed and not yet started."""
+
+
+def _keys(call_ids: Iterable[str]) -> list[uuid.UUID]:
+    keys = []
+    for raw in call_ids:
+        try:
+            keys.append(uuid.UUID(str(raw)))
+        except ValueError:
+            continue
+    return keys
+
+
+def calls_detach(*, token_id: int, call_ids: Iterable[str], now: datetime | None = None) -> int:
+    """The bridge connection that followed these calls closed: its undecided ones are cancelled after the
+    grace unless followed again. Other tokens' calls and decided calls are left alone. Returns how many."""
+    keys = _keys(call_ids)
+    if not keys:
+        return 0
+    until = (now or timezone.now()) + timedelta(seconds=settings.SIGNOFF_DETACHED_CALL_GRACE_SECONDS)
+    return ToolCall.objects.filter(UNDECIDED, token_id=token_id, pk__in=keys).update(detached_until=until)
+
+
+def calls_follow(*, token_id: int, call_ids: Iterable[str]) -> int:
+    """A bridge of the token follows these calls again: they are no longer to be cancelled. Returns how many
+    were detached."""
+    keys = _keys(call_ids)
+    if not keys:
+        return 0
+    return ToolCall.objects.filter(token_id=token_id, pk__in=keys, detached_until__isnull=False).update(
+        detached_until=None
+    )
+
+
+def calls_cancel_detached(*, now: datetime | None = None) -> int:
+    """Cancel the undecided calls detached from their bridge for longer than the grace (the sweep: Celery
+    beat, or the embedded default's in-process sweeper). Each is audited as ``call.cancelled``, leaves the
+    reviewers' queues, and a bridge of its token that comes back later is told. Returns how many."""
+    now = now or timezone.now()
+    # No number of seconds: the grace is the detaching web process's setting, not necessarily this one's.
+    reason = "cancelled: its bridge disconnected and did not come back in time"
+    due = ToolCall.objects.select_related("team", "token", "requester", "decided_by", "rule").filter(
+        UNDECIDED, detached_until__lte=now
+    )
+    cancelled = 0
+    for call in due[:500]:
+        with transaction.atomic():
+            # Conditional: a decision, a claim or a follow that came first wins.
+            changed = ToolCall.objects.filter(UNDECIDED, pk=call.pk, detached_until__lte=now).update(
+                state=State.CANCELLED, reason=reason, finished_at=now, detached_until=None
+            )
+            if not changed:
+                continue
+            cancelled += 1
+            call.refresh_from_db()
+            audit_record(kind="call.cancelled", team=call.team, token=call.token, call=call, reason=reason)
+            realtime.call_changed(call)
+            realtime.decision_changed(call)
+    return cancelled
