@@ -35,11 +35,11 @@ os.environ.setdefault("SIGNOFF_STATE_DIR", _STATE_DIR)
 _OWN_SETTINGS_MODULE = "DJANGO_SETTINGS_MODULE" not in os.environ
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 # With several workers (pytest-xdist), each has its own test database (pytest-django names it per worker)
-# and its own keys in a shared Redis (the cache holds rate-limit counts keyed by team and token ids, which
-# repeat across the workers' databases).
+# and its own keys in a shared Redis: the cache holds rate-limit and alert counts keyed by team and token
+# ids, which repeat across the workers' databases, and across runs (a new test database numbers from 1
+# again, while Redis keeps the last run's counts until they expire), hence a prefix of this run's own.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
-if _WORKER:
-    os.environ["SIGNOFF_CHANNEL_PREFIX"] = f"signoff-unit-{_WORKER}"
+os.environ["SIGNOFF_CHANNEL_PREFIX"] = f"signoff-unit-{_WORKER or 'main'}-{os.urandom(4).hex()}"
 django.setup()
 if _OWN_STATE_DIR:
     del os.environ["SIGNOFF_STATE_DIR"]
