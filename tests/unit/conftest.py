@@ -185,6 +185,22 @@ def session_cookie() -> Iterator[Callable[[Any], bytes]]:
     yield _cookie
 
 
+def clear_cache() -> None:
+    """Empty this test process's cache. Not ``cache.clear()``: on Redis that is FLUSHDB, which also empties
+    the other workers' keys (they share the db, each under its own prefix) in the middle of their tests."""
+    from django.core.cache import caches
+    from django.core.cache.backends.redis import RedisCache
+
+    cache = caches["default"]
+    if not isinstance(cache, RedisCache):
+        cache.clear()  # in-process (the embedded default): this worker's alone
+        return
+    client = cache._cache.get_client(write=True)
+    keys = list(client.scan_iter(match=f"{cache.key_prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
 @contextlib.contextmanager
 def throwaway_redis(directory: Path) -> Iterator[str]:
     """A redis-server of the test's own (the installed binary) on a free port; yields its URL."""

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from allauth.account.models import EmailAddress
 from django.contrib.auth import get_user_model
-from django.core.cache import cache
 from django.core.management import CommandError, call_command
 from django.db import connection, connections
 from django.test import Client
@@ -35,6 +34,8 @@ from approvals.services.invitations import (
     invitation_send,
 )
 from approvals.services.teams import user_get_or_create
+
+from .conftest import clear_cache
 
 pytestmark = pytest.mark.django_db
 
@@ -551,9 +552,9 @@ def test_an_unverified_address_is_verified_by_the_mailed_link(team_a: Team, mail
 @pytest.fixture
 def empty_rate_limits() -> Any:
     """Rate-limit counters live in the cache: start and leave it empty."""
-    cache.clear()
+    clear_cache()
     yield
-    cache.clear()
+    clear_cache()
 
 
 def test_repeated_failed_logins_are_refused(team_a: Team, empty_rate_limits: None, settings: Any) -> None:

@@ -36,7 +36,6 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from cryptography.hazmat.primitives.asymmetric import rsa
 from django.contrib.auth import get_user_model
-from django.core.cache import cache
 from django.db import connections
 from django.test import Client
 from django.urls import reverse
@@ -47,7 +46,7 @@ from approvals.services.teams import member_add, team_settings_change, user_get_
 from approvals.services.tokens import token_issue
 from config.sso import oidc_providers_from_env
 
-from .conftest import Issued
+from .conftest import Issued, clear_cache
 from .sockets import expect_close, receive, receive_until
 
 PASSWORD = "correct horse battery staple"
@@ -62,9 +61,9 @@ BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko
 @pytest.fixture(autouse=True)
 def fresh_cache() -> Iterator[None]:
     """TOTP codes are marked used, and login failures counted, in the cache: no test sees another's."""
-    cache.clear()
+    clear_cache()
     yield
-    cache.clear()
+    clear_cache()
 
 
 # --- helpers --------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from approvals.services.audit import audit_verify
 from approvals.services.calls import call_decide
 from approvals.services.retention import payloads_purge_due, team_payloads_purge
 
-from .conftest import Issued, throwaway_redis
+from .conftest import Issued, clear_cache, throwaway_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "sgo_1234abcd_Zt6qQm9vX2pLr8sT0uWy"
@@ -317,15 +317,13 @@ def test_a_database_failure_drops_the_call_metrics_but_not_the_scrape(store, mon
 
 @pytest.mark.django_db
 def test_the_database_aggregates_are_shared_for_a_few_seconds(store, settings, member_token, submit) -> None:
-    from django.core.cache import cache
-
     settings.SIGNOFF_METRICS_CACHE_SECONDS = 60
-    cache.clear()
+    clear_cache()
     submit(member_token.token, arguments={"n": 1})
     assert value(scrape(), "signoff_calls_pending", team="alpha") == 1
     submit(member_token.token, arguments={"n": 2})
     assert value(scrape(), "signoff_calls_pending", team="alpha") == 1  # the cached answer
-    cache.clear()
+    clear_cache()
     assert value(scrape(), "signoff_calls_pending", team="alpha") == 2
 
 
