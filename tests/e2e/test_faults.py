@@ -566,17 +566,21 @@ async def test_a_vanishing_client_withdraws_its_held_call(
 
 
 # --- the bridge killed ------------------------------------------------------------------------------------
-async def test_a_killed_bridges_held_call_is_cancelled_once_the_grace_passes(
-    team: TeamSetup, tmp_path: Path
-) -> None:
+async def test_a_killed_bridges_held_call_is_cancelled_once_the_grace_passes(tmp_path: Path) -> None:
     """SIGKILL of the bridge itself: it withdraws nothing. Its socket closes, the server detaches the held
     call and, when no bridge of the token follows it again within the grace, cancels it, so no reviewer
     allows a call that nothing would run (approvals/services/presence.py)."""
+    async with own_database(tmp_path) as database:
+        await killed_bridges_held_call_is_cancelled(database, tmp_path)
+
+
+async def killed_bridges_held_call_is_cancelled(database: dict[str, str], tmp_path: Path) -> None:
+    # A database of its own, swept by this server alone: with the suite's, another server's sweeper could
+    # cancel the call first and tell only its own reviewers (the embedded default's layer is per process).
+    team = make_team()
     upstream_log = tmp_path / "upstream.jsonl"
-    with (
-        running_server("detached", SIGNOFF_DETACHED_CALL_GRACE_SECONDS="2") as server,
-        (tmp_path / "bridge.stderr").open("w") as errlog,
-    ):
+    env = {"SIGNOFF_DETACHED_CALL_GRACE_SECONDS": "2", "SIGNOFF_INPROCESS_SWEEP_SECONDS": "0.5", **database}
+    with running_server("detached", **env) as server, (tmp_path / "bridge.stderr").open("w") as errlog:
         client = subprocess.Popen(
             [PYTHON, "-c", CLIENT, *bridge_command()],
             stdin=subprocess.PIPE,
