@@ -25,6 +25,8 @@ log = logging.getLogger("mcpbridge.link")
 
 
 REQUEST_ATTEMPTS = 3
+WITHDRAW_SECONDS = 3.0
+"""How long a cancelled call's withdrawal may hold up the cancel: its answer, then the withdrawal's."""
 BAD_ANSWER = "bad_answer"
 """Not a server code: the bridge's own mark for an answer it could not parse."""
 REFUSAL_CODES = frozenset(
@@ -253,13 +255,19 @@ class SignoffLink:
             raise LinkError(self.fatal or f"Signoff at {self.url} is unreachable ({self.last_error})")
 
     # --- requests -----------------------------------------------------------------------------------
-    async def request(self, message: protocol.Message, *, connect_timeout: float) -> protocol.Decision:
+    async def request(
+        self, message: protocol.Message, *, connect_timeout: float, withdraw_if_cancelled: str | None = None
+    ) -> protocol.Decision:
         """Send a request with a fresh ``ref`` and return the decision answering it.
 
         Waits up to ``connect_timeout`` for a connection, then up to ``answer_timeout`` for the answer.
         If the connection drops first, the request is sent again on the next one (every request is
         idempotent on the server: a repeated call re-attaches, a repeated claim fails harmlessly), at most
         ``REQUEST_ATTEMPTS`` times.
+
+        A call whose caller is cancelled after sending it (the MCP client gave up, or closed the bridge's
+        stdin) is withdrawn with the reason ``withdraw_if_cancelled`` once its answer names it: the server
+        holds it already, and it must not wait in the reviewers' queue for a client that is gone.
         """
         for _ in range(REQUEST_ATTEMPTS):
             await self.wait_connected(connect_timeout)
@@ -267,18 +275,25 @@ class SignoffLink:
             event = anyio.Event()
             self._replies[ref] = event
             answered_in_time = False
+            sent = False
             try:
                 socket = self._socket
                 assert socket is not None
                 await socket.send(protocol.encode(message.model_copy(update={"ref": ref})))
+                sent = True
                 with anyio.move_on_after(self.answer_timeout):
                     await event.wait()
                     answered_in_time = True
                 answer = self._answers.pop(ref, None)
             except websockets.exceptions.ConnectionClosed:
                 answer = None
+            except anyio.get_cancelled_exc_class():
+                if sent and withdraw_if_cancelled is not None:
+                    await self._withdraw_when_answered(ref, event, withdraw_if_cancelled)
+                raise
             finally:
                 self._replies.pop(ref, None)
+                self._answers.pop(ref, None)
             if isinstance(answer, protocol.Error):
                 if answer.code == BAD_ANSWER:
                     raise LinkError(f"Signoff sent an answer the bridge cannot read ({answer.message})")
@@ -294,6 +309,23 @@ class SignoffLink:
             if not answered_in_time and self.connected:
                 raise LinkError(f"no answer from Signoff within {self.answer_timeout:.0f} s")
         raise LinkError(f"the connection to Signoff dropped {REQUEST_ATTEMPTS} times before it answered")
+
+    async def _withdraw_when_answered(self, ref: str, answered: anyio.Event, reason: str) -> None:
+        """Withdraw the call that answers ``ref`` once it arrives; bounded, and shielded from the cancel of
+        the request that sent it. A call already decided, or handed over to run, is left to the server."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(WITHDRAW_SECONDS):
+            await answered.wait()  # set by the answer, or by the connection going down (then no answer)
+            answer = self._answers.pop(ref, None)
+            if not isinstance(answer, protocol.Decision) or answer.run:
+                return
+            if answer.state in protocol.TERMINAL_STATES:
+                return
+            try:
+                await self.request(
+                    protocol.Withdraw(call_id=answer.call_id, reason=reason), connect_timeout=1.0
+                )
+            except LinkError as exc:
+                log.info("could not withdraw call %s: %s", answer.call_id, exc)
 
     async def send(self, message: protocol.Message) -> bool:
         """Fire-and-forget (status polls). False when not connected."""

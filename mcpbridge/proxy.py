@@ -24,7 +24,7 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
 from mcpbridge import __version__, describe, inspection, protocol
-from mcpbridge.link import LinkError, SignoffLink
+from mcpbridge.link import WITHDRAW_SECONDS, LinkError, SignoffLink
 
 log = logging.getLogger("mcpbridge")
 
@@ -38,6 +38,8 @@ HELD_KEEP_SECONDS = 600.0
 REPORT_FLUSH_SECONDS = 3.0
 """On exit, how long the bridge waits for results it still has to report to Signoff."""
 SUMMARY_LENGTH = 500
+CLIENT_CANCELLED = "cancelled by the MCP client"
+"""The reason of a held call withdrawn because its client gave up on it (or went away)."""
 REFUSED = -32001
 """JSON-RPC error code of a resource read or prompt that Signoff did not allow (a tool call gets a result)."""
 UPSTREAM_FAILED = -32002
@@ -668,14 +670,15 @@ class Bridge:
                     timeout=int(self.config.timeout) if self.config.timeout else None,
                 ),
                 connect_timeout=self.config.connect_timeout,
+                withdraw_if_cancelled=CLIENT_CANCELLED,  # the client may give up before the answer comes
             )
         except LinkError as exc:
             return f"The call was not run: Signoff could not approve it ({exc})."
         try:
             outcome = await self._wait(ctx, decision)
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True), anyio.move_on_after(3):
-                await self._withdraw(decision.call_id, "cancelled by the MCP client")
+            with anyio.CancelScope(shield=True), anyio.move_on_after(WITHDRAW_SECONDS):
+                await self._withdraw(decision.call_id, CLIENT_CANCELLED)
             raise
         if isinstance(outcome, str):
             return outcome
