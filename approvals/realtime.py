@@ -6,8 +6,10 @@ re-sync from the database on every (re)connect (and the queue pages every 30 s).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -16,6 +18,7 @@ from django.db import transaction
 
 from approvals.masking import MASK, mask_text
 from approvals.models import ToolCall
+from approvals.proxies import ASGIApp, Receive, Scope, Send
 from approvals.scopes import suggested_constraints
 from mcpbridge import protocol
 from mcpbridge.inspection import make_visible
@@ -127,13 +130,45 @@ def decision_for(call: ToolCall, *, run: bool = False, ref: str | None = None) -
     )
 
 
+SEND_TIMEOUT_SECONDS = 5.0
+"""How long a thread of its own waits for the serving event loop to take its event."""
+_served_on: tuple[asyncio.AbstractEventLoop, int] | None = None
+"""The event loop this process serves its sockets on, and that loop's thread (``recording_event_loop``)."""
+
+
+def recording_event_loop(app: ASGIApp) -> ASGIApp:
+    """The ASGI application, noting the event loop it is served on, for ``send``.
+
+    The in-memory layer of the embedded default keeps its messages in asyncio queues of that loop, which are
+    not thread-safe: an event sent from a thread of its own (the in-process sweeper) through a loop of that
+    thread woke the sockets' loop late, at its next timer, and could be lost to a queue being dropped."""
+
+    # Daphne passes scope, receive and send by name.
+    async def served(scope: Scope, receive: Receive, send: Send) -> None:
+        global _served_on
+        loop = asyncio.get_running_loop()
+        if _served_on is None or _served_on[0] is not loop:
+            _served_on = (loop, threading.get_ident())
+        await app(scope, receive, send)
+
+    return served
+
+
 def send(group: str, event: dict[str, Any]) -> None:
-    """Send to a group now (from sync code). Failures are logged, never raised: the database is the truth."""
+    """Send to a group now (from sync code). Failures are logged, never raised: the database is the truth.
+
+    From any thread but its own, the event is sent on the loop that serves the sockets (as ``async_to_sync``
+    does from the database thread of an async handler, and as it cannot from a thread of its own)."""
     layer = get_channel_layer()
     if layer is None:
         return
+    served = _served_on
     try:
-        async_to_sync(layer.group_send)(group, event)
+        if served is not None and served[1] != threading.get_ident() and served[0].is_running():
+            pending = asyncio.run_coroutine_threadsafe(layer.group_send(group, event), served[0])
+            pending.result(SEND_TIMEOUT_SECONDS)
+        else:
+            async_to_sync(layer.group_send)(group, event)
     except Exception:
         log.exception("channel layer send to %s failed", group)
 

@@ -17,12 +17,16 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from approvals.proxies import TrustedProxyMiddleware  # noqa: E402
+from approvals.realtime import recording_event_loop  # noqa: E402
 from approvals.routing import websocket_urlpatterns  # noqa: E402
 from approvals.sweeper import start_inprocess_sweeper  # noqa: E402
 
-# Outermost: the client's address (and scheme) from trusted proxies only, for pages and sockets alike.
-application = TrustedProxyMiddleware(
-    ProtocolTypeRouter({"http": django_asgi_app, "websocket": URLRouter(websocket_urlpatterns)})
+# The client's address (and scheme) from trusted proxies only, for pages and sockets alike; and the event loop
+# that serves them, for events sent from threads of their own (approvals.realtime.send).
+application = recording_event_loop(
+    TrustedProxyMiddleware(
+        ProtocolTypeRouter({"http": django_asgi_app, "websocket": URLRouter(websocket_urlpatterns)})
+    )
 )
 
 start_inprocess_sweeper(settings.SIGNOFF_INPROCESS_SWEEP_SECONDS)
