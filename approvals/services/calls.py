@@ -59,7 +59,7 @@ class Submitted:
     reattached: bool
 
 
-def _with_relations() -> QuerySet[ToolCall]:
+def calls_with_relations() -> QuerySet[ToolCall]:
     """Calls with every relation that answers and events read: async callers (consumers) get a call
     they can read without a lazy query, which they may not run. The rule too: an allowed call's answer
     carries its rule's result policy."""
@@ -73,8 +73,10 @@ def _call_key(call_id: str) -> uuid.UUID:
         raise CallNotFound(call_id) from None
 
 
-def _load(call_id: str, **filters: Any) -> ToolCall:
-    call = _with_relations().filter(pk=_call_key(call_id), **filters).first()
+def call_get(call_id: str, **filters: Any) -> ToolCall:
+    """The call with its relations (``calls_with_relations``), narrowed by ``filters`` (its token, say);
+    raises CallNotFound for a malformed id, another token's call or no call at all."""
+    call = calls_with_relations().filter(pk=_call_key(call_id), **filters).first()
     if call is None:
         raise CallNotFound(call_id)
     return call
@@ -267,7 +269,7 @@ def call_submit(
             )
         # Out of scope or unapproved, even a call held before is not run.
         if existing_id is not None and in_scope and unapproved is None:
-            existing = _with_relations().get(pk=existing_id)
+            existing = calls_with_relations().get(pk=existing_id)
             run = existing.state == State.ALLOWED and _claim(existing, now=now)
             return Submitted(existing, run=run, reattached=True)
 
@@ -491,7 +493,7 @@ def call_claim(*, token: BridgeToken, call_id: str) -> tuple[ToolCall, bool]:
     """
     now = timezone.now()
     with transaction.atomic():
-        call = _load(call_id, token=token)
+        call = call_get(call_id, token=token)
         if call.state != State.ALLOWED or call.started_at is not None:
             return call, False
         # As at submit: the token must still be usable; it may have expired since the call was allowed.
@@ -504,7 +506,7 @@ def call_claim(*, token: BridgeToken, call_id: str) -> tuple[ToolCall, bool]:
             raise TokenUnusable()
         if call.deadline <= now:
             _expire(call, now=now)
-            call.refresh_from_db(from_queryset=_with_relations())
+            call.refresh_from_db(from_queryset=calls_with_relations())
             return call, False
         return call, _claim(call, now=now)
 
@@ -548,7 +550,7 @@ def call_report_result(
         # The team and token are the reporting token's own.
         call.token, call.team = token, token.team
         if call.result_review == ToolCall.ResultReview.HELD:
-            call = _with_relations().get(pk=key)  # rare: its queue entry is redrawn from all of it
+            call = calls_with_relations().get(pk=key)  # rare: its queue entry is redrawn from all of it
         extra: dict[str, Any] = {"findings": finding_counts(findings), "action": action} if findings else {}
         audit_record(
             kind=f"call.{state}",
@@ -650,11 +652,11 @@ def call_withdraw(*, token: BridgeToken, call_id: str, reason: str) -> ToolCall:
     """The client gave up on a held call: cancel it unless it was already decided or run."""
     now = timezone.now()
     with transaction.atomic():
-        call = _load(call_id, token=token)
+        call = call_get(call_id, token=token)
         changed = ToolCall.objects.filter(
             pk=call.pk, state__in=[State.PENDING, State.ALLOWED], started_at__isnull=True
         ).update(state=State.CANCELLED, reason=reason or "cancelled by the client", finished_at=now)
-        call.refresh_from_db(from_queryset=_with_relations())
+        call.refresh_from_db(from_queryset=calls_with_relations())
         if changed:
             audit_record(kind="call.cancelled", team=call.team, token=token, call=call, reason=call.reason)
             realtime.call_changed(call)
@@ -682,7 +684,7 @@ def call_decide(
     now = timezone.now()
     refusal: access.FourEyesRefused | None = None
     with transaction.atomic():
-        call = _load(call_id)
+        call = call_get(call_id)
         access.require_decide(reviewer, call)
         if allow:
             try:
@@ -749,7 +751,7 @@ def _decide_held(
     )
     if not changed:
         # Nothing may raise in here, or the expiry below would be rolled back with the transaction.
-        call.refresh_from_db(from_queryset=_with_relations())  # the state that won, for the refusal
+        call.refresh_from_db(from_queryset=calls_with_relations())  # the state that won, for the refusal
         if call.state == State.PENDING:  # past its deadline; the sweeper had not reached it yet
             _expire(call, now=now)
         return False
@@ -826,7 +828,7 @@ def call_tool_definition_accept(*, call_id: str, reviewer: AbstractBaseUser) -> 
 
     The call itself stays held for a decision. False when there was nothing to accept.
     """
-    call = _load(call_id)
+    call = call_get(call_id)
     access.require_admin(reviewer, call.team)
     return tool_pin_accept(
         team=call.team,
@@ -875,7 +877,7 @@ def calls_deny_for_token(*, token: BridgeToken, reason: str) -> int:
     now = timezone.now()
     # Lock them all before the first audit_record takes the chain's lock (see services/audit.py).
     held = list(
-        _with_relations()
+        calls_with_relations()
         .select_for_update(of=("self",))
         .filter(token=token, state__in=[State.PENDING, State.ALLOWED], started_at__isnull=True)
     )
@@ -887,7 +889,7 @@ def calls_deny_for_token(*, token: BridgeToken, reason: str) -> int:
         if not changed:
             continue
         denied += 1
-        call.refresh_from_db(from_queryset=_with_relations())
+        call.refresh_from_db(from_queryset=calls_with_relations())
         audit_record(kind="call.denied", team=call.team, token=token, call=call, reason=reason)
         realtime.call_changed(call)
         realtime.decision_changed(call)

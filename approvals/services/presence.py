@@ -25,6 +25,7 @@ from django.utils import timezone
 from approvals import realtime
 from approvals.models import ToolCall
 from approvals.services.audit import audit_record
+from approvals.services.calls import calls_with_relations
 
 State = ToolCall.State
 UNDECIDED = Q(state__in=[State.PENDING, State.ALLOWED], started_at__isnull=True)
@@ -69,9 +70,7 @@ def calls_cancel_detached(*, now: datetime | None = None) -> int:
     now = now or timezone.now()
     # No number of seconds: the grace is the detaching web process's setting, not necessarily this one's.
     reason = "cancelled: its bridge disconnected and did not come back in time"
-    due = ToolCall.objects.select_related("team", "token", "requester", "decided_by", "rule").filter(
-        UNDECIDED, detached_until__lte=now
-    )
+    due = calls_with_relations().filter(UNDECIDED, detached_until__lte=now)
     cancelled = 0
     for call in due[:500]:
         with transaction.atomic():

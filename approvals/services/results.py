@@ -24,7 +24,7 @@ from django.utils import timezone
 from approvals import access, realtime
 from approvals.models import BridgeToken, ToolCall
 from approvals.services.audit import audit_record
-from approvals.services.calls import _load, _with_relations, finding_counts
+from approvals.services.calls import call_get, calls_with_relations, finding_counts
 from approvals.services.notifications import notify_result_held
 from mcpbridge import protocol
 
@@ -48,7 +48,7 @@ def result_hold(*, token: BridgeToken, hold: protocol.ResultHold) -> ToolCall:
     and ResultNotHeld when the call is in no state to hold a result."""
     now = timezone.now()
     with transaction.atomic():
-        call = _load(hold.call_id, token=token)
+        call = call_get(hold.call_id, token=token)
         if call.result_review == Review.HELD:
             return call
         if call.state != ToolCall.State.ALLOWED or call.started_at is None or call.result_review:
@@ -69,7 +69,7 @@ def result_hold(*, token: BridgeToken, hold: protocol.ResultHold) -> ToolCall:
             result_findings=findings,
             result_deadline=now + timedelta(seconds=seconds),
         )
-        call.refresh_from_db(from_queryset=_with_relations())
+        call.refresh_from_db(from_queryset=calls_with_relations())
         if not changed:
             raise ResultNotHeld(call)
         audit_record(
@@ -99,7 +99,7 @@ def result_decide(*, call_id: str, reviewer: AbstractBaseUser, decision: str, re
     now = timezone.now()
     reason = reason.replace("\x00", "").strip()[:1000]
     with transaction.atomic():
-        call = _load(call_id)
+        call = call_get(call_id)
         access.require_decide(reviewer, call)
         if review != Review.BLOCKED:
             access.require_approve(reviewer, call)  # four eyes: releasing is approving
@@ -111,7 +111,7 @@ def result_decide(*, call_id: str, reviewer: AbstractBaseUser, decision: str, re
             result_reviewed_at=now,
             result_review_reason=reason,
         )
-        call.refresh_from_db(from_queryset=_with_relations())
+        call.refresh_from_db(from_queryset=calls_with_relations())
         if changed:
             audit_record(
                 kind=f"call.result_{review}",
@@ -135,7 +135,7 @@ def _expire_result(call: ToolCall, *, now: Any, reason: str = "no decision befor
         result_review=Review.EXPIRED, result_reviewed_at=now, result_review_reason=reason
     )
     if changed:
-        call.refresh_from_db(from_queryset=_with_relations())
+        call.refresh_from_db(from_queryset=calls_with_relations())
         audit_record(kind="call.result_expired", team=call.team, token=call.token, call=call, reason=reason)
         realtime.decision_changed(call)
         realtime.call_changed(call)
@@ -145,7 +145,7 @@ def _expire_result(call: ToolCall, *, now: Any, reason: str = "no decision befor
 def results_expire_due() -> int:
     """Block every held result past its deadline. Returns how many."""
     now = timezone.now()
-    due = _with_relations().filter(result_review=Review.HELD, result_deadline__lte=now)
+    due = calls_with_relations().filter(result_review=Review.HELD, result_deadline__lte=now)
     expired = 0
     for call in due[:500]:
         with transaction.atomic():
@@ -158,11 +158,11 @@ def results_block_for_token(*, token: BridgeToken, reason: str) -> int:
     now = timezone.now()
     # Lock them all before the first audit_record takes the chain's lock, as calls_deny_for_token does.
     held = list(
-        _with_relations().select_for_update(of=("self",)).filter(token=token, result_review=Review.HELD)
+        calls_with_relations().select_for_update(of=("self",)).filter(token=token, result_review=Review.HELD)
     )
     return sum(_expire_result(call, now=now, reason=reason) for call in held)
 
 
 def held_results_for(*, team_id: int) -> QuerySet[ToolCall]:
     """The team's held results, oldest first (with the queue's held calls)."""
-    return _with_relations().filter(team_id=team_id, result_review=Review.HELD).order_by("created_at")
+    return calls_with_relations().filter(team_id=team_id, result_review=Review.HELD).order_by("created_at")
