@@ -12,15 +12,16 @@ import contextlib
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator
 
 import anyio
 import pytest
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from mcpbridge import protocol
-from mcpbridge.link import LinkError, SignoffLink
+from mcpbridge.link import LinkError
+
+from .links import linked, welcome
 
 CLOSE_UNAVAILABLE = 4503
 
@@ -44,14 +45,7 @@ class RefusingServer:
     async def _refuse_or_welcome(self, connection: ServerConnection) -> None:
         await connection.recv()  # the hello
         if len(self.attempts) in self.welcome_at:
-            welcome = protocol.Welcome(
-                protocol=protocol.PROTOCOL_VERSION,
-                team="t",
-                user="u",
-                token_name="n",
-                default_deadline_seconds=9,
-            )
-            await connection.send(protocol.encode(welcome))
+            await connection.send(welcome())
             await connection.close(code=1011)
             return
         await connection.send(
@@ -68,30 +62,9 @@ class RefusingServer:
         return [later - earlier for earlier, later in itertools.pairwise(self.attempts)]
 
 
-def _hello() -> protocol.Hello:
-    return protocol.Hello(
-        protocol=protocol.PROTOCOL_VERSION,
-        bridge_version="test",
-        upstream=protocol.UpstreamInfo(name="s", transport="stdio"),
-        tools=[],
-    )
-
-
-@contextlib.asynccontextmanager
-async def linked(server: RefusingServer) -> AsyncIterator[SignoffLink]:
-    """The real link, running against ``server`` until the block ends."""
-    async with serve(server.handle, "127.0.0.1", 0) as ws_server:
-        port = ws_server.sockets[0].getsockname()[1]
-        link = SignoffLink(url=f"http://127.0.0.1:{port}", token="t", hello=_hello)
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(link.run)
-            yield link
-            tasks.cancel_scope.cancel()
-
-
 async def test_the_backoff_keeps_doubling_while_every_connection_is_refused() -> None:
     server = RefusingServer()
-    async with linked(server) as link:
+    async with linked(server.handle) as link:
         await server.wait_attempts(4, timeout=5)
     # 0.25 s, 0.5 s, 1 s (±20 %): four attempts take about 1.75 s, where a reset backoff took 0.75 s.
     gaps = server.gaps()
@@ -105,14 +78,14 @@ async def test_the_backoff_keeps_doubling_while_every_connection_is_refused() ->
 
 async def test_a_refused_bridge_tries_at_most_a_few_times_in_two_seconds() -> None:
     server = RefusingServer()
-    async with linked(server):
+    async with linked(server.handle):
         await anyio.sleep(2.0)
     assert len(server.attempts) <= 4, server.gaps()  # about 8 before the fix
 
 
 async def test_the_backoff_starts_over_after_a_welcomed_connection() -> None:
     server = RefusingServer(welcome_at=frozenset({4}))
-    async with linked(server):
+    async with linked(server.handle):
         await server.wait_attempts(5, timeout=8)
         gaps = server.gaps()
         assert gaps[2] >= 0.75, gaps  # refused three times: the wait had grown to 1 s
@@ -125,14 +98,7 @@ async def test_a_call_answered_unavailable_fails_closed() -> None:
     async def answer_unavailable(connection: ServerConnection) -> None:
         with contextlib.suppress(ConnectionClosed):
             await connection.recv()  # the hello
-            welcome = protocol.Welcome(
-                protocol=protocol.PROTOCOL_VERSION,
-                team="t",
-                user="u",
-                token_name="n",
-                default_deadline_seconds=9,
-            )
-            await connection.send(protocol.encode(welcome))
+            await connection.send(welcome())
             async for frame in connection:
                 ref = json.loads(frame)["ref"]
                 error = protocol.Error(
@@ -140,12 +106,7 @@ async def test_a_call_answered_unavailable_fails_closed() -> None:
                 )
                 await connection.send(protocol.encode(error))
 
-    async with serve(answer_unavailable, "127.0.0.1", 0) as ws_server:
-        port = ws_server.sockets[0].getsockname()[1]
-        link = SignoffLink(url=f"http://127.0.0.1:{port}", token="t", hello=_hello)
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(link.run)
-            with anyio.fail_after(5), pytest.raises(LinkError, match="cannot reach its database"):
-                await link.request(protocol.Call(ref="-", tool="echo", arguments={}), connect_timeout=3)
-            assert link.connected  # the connection stays for the calls it still holds
-            tasks.cancel_scope.cancel()
+    async with linked(answer_unavailable) as link:
+        with anyio.fail_after(5), pytest.raises(LinkError, match="cannot reach its database"):
+            await link.request(protocol.Call(ref="-", tool="echo", arguments={}), connect_timeout=3)
+        assert link.connected  # the connection stays for the calls it still holds

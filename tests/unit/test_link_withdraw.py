@@ -12,16 +12,17 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
 
 import anyio
 import pytest
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from mcpbridge import link as link_module
 from mcpbridge import protocol
 from mcpbridge.link import SignoffLink
+
+from .links import linked, welcome
 
 CALL_ID = "6f1c1b0e-7d0a-4c55-9a53-1f7f1d6c7e10"
 REASON = "cancelled by the MCP client"
@@ -41,14 +42,7 @@ class SlowServer:
     async def handle(self, connection: ServerConnection) -> None:
         with contextlib.suppress(ConnectionClosed):  # the link cancelled at the end of a test
             await connection.recv()  # the hello
-            welcome = protocol.Welcome(
-                protocol=protocol.PROTOCOL_VERSION,
-                team="t",
-                user="u",
-                token_name="n",
-                default_deadline_seconds=9,
-            )
-            await connection.send(protocol.encode(welcome))
+            await connection.send(welcome())
             async for raw in connection:
                 frame = json.loads(raw)
                 self.frames.append(frame)
@@ -70,26 +64,6 @@ class SlowServer:
 
     def withdrawals(self) -> list[dict]:
         return [frame for frame in self.frames if frame["type"] == "withdraw"]
-
-
-@contextlib.asynccontextmanager
-async def linked(server: SlowServer) -> AsyncIterator[SignoffLink]:
-    async with serve(server.handle, "127.0.0.1", 0) as ws_server:
-        port = ws_server.sockets[0].getsockname()[1]
-        link = SignoffLink(url=f"http://127.0.0.1:{port}", token="t", hello=_hello)
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(link.run)
-            yield link
-            tasks.cancel_scope.cancel()
-
-
-def _hello() -> protocol.Hello:
-    return protocol.Hello(
-        protocol=protocol.PROTOCOL_VERSION,
-        bridge_version="test",
-        upstream=protocol.UpstreamInfo(name="s", transport="stdio"),
-        tools=[],
-    )
 
 
 async def submit_then_give_up(
@@ -115,7 +89,7 @@ async def submit_then_give_up(
 
 async def test_a_call_cancelled_before_its_answer_is_withdrawn_once_the_answer_names_it() -> None:
     server = SlowServer()
-    async with linked(server) as link:
+    async with linked(server.handle) as link:
         await submit_then_give_up(link, server, withdraw=REASON)
         with anyio.fail_after(5):
             await server.withdrawn.wait()
@@ -126,7 +100,7 @@ async def test_a_call_cancelled_before_its_answer_is_withdrawn_once_the_answer_n
 @pytest.mark.parametrize("state", ["denied", "expired"])
 async def test_a_call_already_decided_when_its_answer_comes_is_not_withdrawn(state: str) -> None:
     server = SlowServer(call_state=state)
-    async with linked(server) as link:
+    async with linked(server.handle) as link:
         await submit_then_give_up(link, server, withdraw=REASON)
         await anyio.sleep(0.3)
     assert server.withdrawals() == []
@@ -134,7 +108,7 @@ async def test_a_call_already_decided_when_its_answer_comes_is_not_withdrawn(sta
 
 async def test_without_a_withdraw_reason_a_cancelled_request_withdraws_nothing() -> None:
     server = SlowServer()
-    async with linked(server) as link:
+    async with linked(server.handle) as link:
         await submit_then_give_up(link, server, withdraw=None)
         await anyio.sleep(0.3)
     assert server.withdrawals() == []
@@ -143,7 +117,7 @@ async def test_without_a_withdraw_reason_a_cancelled_request_withdraws_nothing()
 async def test_the_cancel_waits_for_an_answer_that_never_comes_only_a_bounded_time(monkeypatch) -> None:
     monkeypatch.setattr(link_module, "WITHDRAW_SECONDS", 0.5)
     server = SlowServer()
-    async with linked(server) as link:
+    async with linked(server.handle) as link:
         took = await submit_then_give_up(link, server, withdraw=REASON, answer=False)
         server.answer_calls.set()
     assert 0.4 <= took < 2.0, took
