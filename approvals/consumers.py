@@ -235,6 +235,7 @@ class BridgeConsumer(AsyncWebsocketConsumer):
             )
             await self._send(realtime.decision_for(call, run=run, ref=message.ref))
         elif isinstance(message, protocol.Result):
+            self.following.discard(message.call_id)  # a held result's review ends with the report
             call = await database_sync_to_async(call_services.call_report_result)(
                 token=token,
                 call_id=message.call_id,
@@ -251,6 +252,7 @@ class BridgeConsumer(AsyncWebsocketConsumer):
             except result_services.ResultNotHeld as exc:
                 call = exc.call  # its state says why (denied, finished, decided): the bridge blocks
             await self._send(realtime.decision_for(call, ref=message.ref))
+            await self._follow([call])
         elif isinstance(message, protocol.Withdraw):
             self.following.discard(message.call_id)
             call = await database_sync_to_async(call_services.call_withdraw)(
@@ -266,21 +268,24 @@ class BridgeConsumer(AsyncWebsocketConsumer):
             await self._follow(calls)  # a reconnected bridge asks after the calls it still waits on
 
     async def _follow(self, calls: list[ToolCall]) -> None:
-        """This connection waits on these calls: the undecided ones are detached if it closes, and one
-        detached from an earlier connection of the token is followed again (services/presence.py)."""
-        undecided = [
+        """This connection waits on these calls: the undecided ones, and those whose result it holds for a
+        reviewer, are detached if it closes, and one detached from an earlier connection of the token is
+        followed again (services/presence.py)."""
+        waited_on = [
             call
             for call in calls
-            if call.state in (ToolCall.State.PENDING, ToolCall.State.ALLOWED) and call.started_at is None
+            if (call.state in (ToolCall.State.PENDING, ToolCall.State.ALLOWED) and call.started_at is None)
+            or (call.state == ToolCall.State.ALLOWED and call.result_review == ToolCall.ResultReview.HELD)
         ]
-        self.following.update(str(call.pk) for call in undecided)
-        detached = [str(call.pk) for call in undecided if call.detached_until is not None]
+        self.following.update(str(call.pk) for call in waited_on)
+        detached = [str(call.pk) for call in waited_on if call.detached_until is not None]
         if detached and self.token is not None:
             await database_sync_to_async(calls_follow)(token_id=self.token.pk, call_ids=detached)
 
     async def _detach_followed(self) -> None:
-        """The bridge left without a word about its undecided calls: they are cancelled after a grace unless
-        a bridge of the token follows them again. With the database down they are left to their deadline."""
+        """The bridge left without a word about its undecided calls and held results: they are ended after a
+        grace unless a bridge of the token follows them again. With the database down they are left to their
+        deadline."""
         assert self.token is not None
         if not self.following:
             return
