@@ -235,10 +235,17 @@ class SignoffLink:
                 self._replies[message.ref].set()
             return
         if isinstance(message, protocol.Decision):
+            # Watches follow the frames in the order they came: the answer to a request, then the pushes after
+            # it. Applied when the requester wakes, an answer would overwrite a newer push read meanwhile (a
+            # held result blocked at once stayed "held" for the bridge).
             watch = self._watches.get(message.call_id)
+            answers = bool(message.ref and message.ref in self._replies)
             if watch is not None:
                 watch.update(message)
-            if message.ref and message.ref in self._replies:
+            elif answers:
+                self._watches[message.call_id] = CallWatch(message)
+            if answers:
+                assert message.ref is not None
                 self._answers[message.ref] = message
                 self._replies[message.ref].set()
 
@@ -299,11 +306,7 @@ class SignoffLink:
                     raise LinkError(f"Signoff sent an answer the bridge cannot read ({answer.message})")
                 raise LinkError(f"Signoff refused the request: {answer.message}")
             if answer is not None:
-                if answer.call_id not in self._watches:
-                    self._watches[answer.call_id] = CallWatch(answer)
-                else:
-                    self._watches[answer.call_id].update(answer)
-                return answer
+                return answer  # its call is watched already (``_on_frame``)
             if self.fatal:
                 raise LinkError(self.fatal)
             if not answered_in_time and self.connected:
@@ -316,16 +319,18 @@ class SignoffLink:
         with anyio.CancelScope(shield=True), anyio.move_on_after(WITHDRAW_SECONDS):
             await answered.wait()  # set by the answer, or by the connection going down (then no answer)
             answer = self._answers.pop(ref, None)
-            if not isinstance(answer, protocol.Decision) or answer.run:
-                return
-            if answer.state in protocol.TERMINAL_STATES:
+            if not isinstance(answer, protocol.Decision):
                 return
             try:
+                if answer.run or answer.state in protocol.TERMINAL_STATES:
+                    return
                 await self.request(
                     protocol.Withdraw(call_id=answer.call_id, reason=reason), connect_timeout=1.0
                 )
             except LinkError as exc:
                 log.info("could not withdraw call %s: %s", answer.call_id, exc)
+            finally:
+                self.forget(answer.call_id)  # nobody here waits on it any more
 
     async def send(self, message: protocol.Message) -> bool:
         """Fire-and-forget (status polls). False when not connected."""

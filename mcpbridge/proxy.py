@@ -795,6 +795,7 @@ class Bridge:
             log.warning("could not report the result of call %s: %s", call_id, exc)
         finally:
             self._reporting.discard(call_id)
+            self.link.forget(call_id)  # its answer is watched like any: the call is over for this bridge
 
     async def _withdraw(self, call_id: str, reason: str) -> None:
         self.link.forget(call_id)
@@ -802,6 +803,8 @@ class Bridge:
             await self.link.request(protocol.Withdraw(call_id=call_id, reason=reason), connect_timeout=1.0)
         except LinkError as exc:
             log.info("could not withdraw call %s: %s", call_id, exc)
+        finally:
+            self.link.forget(call_id)  # and the watch its answer opened
 
     def _refusal(self, decision: protocol.Decision) -> str:
         reason = decision.reason or decision.state
