@@ -613,6 +613,11 @@ class ReviewConsumer(AsyncWebsocketConsumer):
         # Rendered once for the whole team (``realtime.call_changed``): every page of it is shown the same.
         await self.send(text_data=event["text"])
 
+    async def review_alerts(self, event: dict[str, Any]) -> None:
+        # Sent to the team's admins only (services/alerts.py); a page of another of their teams ignores it.
+        if self.team is not None and event.get("team") == self.team.pk:
+            await self.send_json({"type": "alerts", "open": event["open"]})
+
     async def review_closed(self, event: dict[str, Any]) -> None:
         if event.get("team") not in (None, self.team.pk if self.team else None):
             return  # about another team of this user

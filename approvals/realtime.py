@@ -178,6 +178,13 @@ def send_on_commit(group: str, event: dict[str, Any]) -> None:
     transaction.on_commit(lambda: send(group, event))
 
 
+def open_alerts_changed(*, team_id: int, admin_ids: list[int], open_count: int) -> None:
+    """Tell the team's admins' open pages how many of its alerts are open (the nav's badge), now: the
+    caller runs after the change committed."""
+    for admin_id in admin_ids:
+        send(user_group(admin_id), {"type": "review.alerts", "team": team_id, "open": open_count})
+
+
 def review_access_ended(*, user_id: int, team_id: int | None, reason: str) -> None:
     """Close the user's open reviewer pages (of one team, or of all teams), on commit."""
     send_on_commit(user_group(user_id), {"type": "review.closed", "team": team_id, "reason": reason})

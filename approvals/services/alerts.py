@@ -32,8 +32,9 @@ from django.db.models import F, QuerySet
 from django.urls import reverse
 from django.utils import timezone
 
+from approvals import realtime
 from approvals.masking import mask_json, mask_text
-from approvals.models import Alert, BridgeToken, Team, ToolCall
+from approvals.models import Alert, BridgeToken, Membership, Team, ToolCall
 from approvals.services.audit import audit_record
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ def alert_raise(
         )
         # robust: a channel that cannot be queued is logged; it must not fail whatever raised the alert.
         transaction.on_commit(lambda: _notify(alert), robust=True)
+        _push_open_count_on_commit(team)
     return alert, True
 
 
@@ -138,6 +140,23 @@ def _notify(alert: Alert) -> None:
         link=link,
         payload=mask_json(alert_payload(alert)),
     )
+
+
+def _push_open_count_on_commit(team: Team) -> None:
+    """Once the transaction commits, the admins' open queue pages show the team's new open-alert count."""
+
+    def push() -> None:
+        admin_ids = list(
+            Membership.objects.filter(
+                team=team, role=Membership.Role.ADMIN, user__is_active=True
+            ).values_list("user_id", flat=True)
+        )
+        if admin_ids:
+            realtime.open_alerts_changed(
+                team_id=team.pk, admin_ids=admin_ids, open_count=open_alerts_count(team=team)
+            )
+
+    transaction.on_commit(push, robust=True)
 
 
 # --- counting in the cache -----------------------------------------------------------------------------
@@ -403,7 +422,10 @@ def alert_acknowledge(*, alert: Alert, by: AbstractBaseUser) -> bool:
     Audited (``alert.acknowledged``). False when it was no longer open.
     """
     with transaction.atomic():
-        return _acknowledge(alert, by=by, now=timezone.now(), every=False)
+        acknowledged = _acknowledge(alert, by=by, now=timezone.now(), every=False)
+        if acknowledged:
+            _push_open_count_on_commit(alert.team)
+        return acknowledged
 
 
 def alerts_acknowledge_all(*, team: Team, by: AbstractBaseUser) -> int:
@@ -416,7 +438,10 @@ def alerts_acknowledge_all(*, team: Team, by: AbstractBaseUser) -> int:
             .filter(team=team, state=Alert.State.OPEN)
             .order_by("pk")
         )
-        return sum(_acknowledge(alert, by=by, now=now, every=True) for alert in alerts)
+        acknowledged = sum(_acknowledge(alert, by=by, now=now, every=True) for alert in alerts)
+        if acknowledged:
+            _push_open_count_on_commit(team)
+        return acknowledged
 
 
 def alert_acknowledge_tool_accepted(*, team: Team, server: str, tool: str, by: AbstractBaseUser) -> bool:
@@ -429,7 +454,10 @@ def alert_acknowledge_tool_accepted(*, team: Team, server: str, tool: str, by: A
         .filter(team=team, kind=Alert.Kind.TOOL_CHANGED, key=f"{server}/{tool}", state=Alert.State.OPEN)
         .first()
     )
-    return alert is not None and _acknowledge(alert, by=by, now=timezone.now(), every=False)
+    if alert is None or not _acknowledge(alert, by=by, now=timezone.now(), every=False):
+        return False
+    _push_open_count_on_commit(team)
+    return True
 
 
 class _NoLongerOpen(Exception):

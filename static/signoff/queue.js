@@ -265,6 +265,25 @@
     entry.element.querySelectorAll("button").forEach((b) => (b.disabled = false));
   }
 
+  // The team's admins are told how many of its alerts are open as they change: the nav's badge follows.
+  function showOpenAlerts(count) {
+    const link = document.querySelector(".nav-alerts");
+    if (!link || !Number.isInteger(count)) return;
+    let badge = link.querySelector(".nav-badge");
+    if (count <= 0) {
+      if (badge) badge.remove();
+      return;
+    }
+    if (!badge) {
+      badge = document.createElement("span");
+      badge.className = "nav-badge";
+      link.append(" ", badge);
+    }
+    badge.textContent = String(count);
+    badge.dataset.openAlerts = String(count);
+    badge.title = `${count} open alert${count === 1 ? "" : "s"}`;
+  }
+
   function onMessage(event) {
     let message;
     try {
@@ -293,6 +312,8 @@
           ? "New tool definition accepted: rules apply to it again from the next call."
           : "Nothing to accept: the definition was already accepted or changed again.";
       }
+    } else if (message.type === "alerts") {
+      showOpenAlerts(message.open);
     } else if (message.type === "decided") {
       removeCard(message.call_id);
     } else if (message.type === "error") {

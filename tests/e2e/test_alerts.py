@@ -1,5 +1,6 @@
 """Alerts through the real bridge: a rug pull (a tool that changes its own definition) raises a
-``tool_changed`` alert, which the team's admin sees on the Alerts page in Chromium and acknowledges."""
+``tool_changed`` alert, which the team's admin sees appear live on the open queue page's Alerts badge, then
+on the Alerts page in Chromium, and acknowledges."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ async def test_a_changed_tool_definition_alerts_the_admin_who_acknowledges_it_in
     signoff: SignoffServer, team: TeamSetup, browser, tmp_path
 ) -> None:
     Rule.objects.create(team=team.team, effect="allow", server="test", tool="*")
+    page = await browser_login(browser, signoff, team.reviewer)  # the team's admin, on the queue page
+    await page.goto(f"{signoff.url}/?team={team.team.slug}")
+    await page.wait_for_selector("#socket-status[data-state=live]")
+    assert await page.locator("nav .nav-badge").count() == 0
     changed = anyio.Event()
 
     async def on_message(message: object) -> None:
@@ -43,9 +48,12 @@ async def test_a_changed_tool_definition_alerts_the_admin_who_acknowledges_it_in
     assert (alert.key, alert.state, alert.count) == ("test/echo", "open", 1)
     assert AuditEvent.objects.filter(team=team.team, kind="alert.raised", data__alert=alert.pk).exists()
 
-    page = await browser_login(browser, signoff, team.reviewer)  # the team's admin
-    badge = page.locator("nav .nav-badge")
+    badge = page.locator("nav .nav-badge")  # pushed to the open page: no reload
+    await badge.wait_for(timeout=10_000)
     assert (await badge.text_content() or "").strip() == "1"
+    assert await badge.get_attribute("title") == "1 open alert"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SHOTS / "alerts-badge-live.png"))
     await page.click("nav >> text=Alerts")
     row = page.locator(f"tr.alert-row[data-alert='{alert.pk}']")
     await row.wait_for()

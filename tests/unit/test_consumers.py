@@ -21,7 +21,8 @@ from channels.testing import WebsocketCommunicator
 from django.db import connections
 from django.utils import timezone
 
-from approvals.models import BridgeToken, Rule, ToolCall
+from approvals.models import Alert, BridgeToken, Rule, ToolCall
+from approvals.services.alerts import alert_acknowledge, alert_raise
 from approvals.services.calls import call_decide, call_submit
 from approvals.services.tokens import token_revoke
 from mcpbridge import protocol
@@ -686,3 +687,25 @@ async def test_a_page_that_asks_again_gets_the_whole_queue(
     await review.send_json_to({"type": "sync"})
     snapshot = await receive(review)
     assert snapshot["type"] == "snapshot" and [c["id"] for c in snapshot["calls"]] == [str(held.pk)]
+
+
+# --- alerts, live -------------------------------------------------------------------------------------------
+@pytest.mark.django_db(transaction=True)
+async def test_the_admins_pages_are_told_the_open_alert_count_as_it_changes(
+    open_review: Any, admin: Any, team_a: Any, reviewer_cookie: bytes, session_cookie: Callable[[Any], bytes]
+) -> None:
+    """The nav's Alerts badge follows on the admins' open queue pages; reviewers, who do not see alerts, are
+    told nothing."""
+    admin_page = await open_review(await database_sync_to_async(session_cookie)(admin))
+    assert (await receive(admin_page))["type"] == "snapshot"
+    reviewer_page = await open_review(reviewer_cookie)
+    assert (await receive(reviewer_page))["type"] == "snapshot"
+
+    raise_alert = database_sync_to_async(alert_raise)
+    alert, new = await raise_alert(team=team_a, kind=Alert.Kind.VOLUME, key="k", message="42 calls a minute")
+    assert new and await receive_until(admin_page, "alerts") == {"type": "alerts", "open": 1}
+    _, new = await raise_alert(team=team_a, kind=Alert.Kind.VOLUME, key="k", message="43 calls a minute")
+    assert not new and await admin_page.receive_nothing(timeout=0.2)  # counted up: still one open
+    assert await database_sync_to_async(alert_acknowledge)(alert=alert, by=admin)
+    assert await receive_until(admin_page, "alerts") == {"type": "alerts", "open": 0}
+    assert await reviewer_page.receive_nothing(timeout=0.2)
