@@ -28,7 +28,7 @@ from approvals.services import calls as call_services
 from approvals.services import results as result_services
 from approvals.services.inventory import sighting_of, upstream_seen
 from approvals.services.networks import token_network_refused
-from approvals.services.presence import calls_detach, calls_follow
+from approvals.services.presence import calls_detach, calls_follow, is_followed
 from approvals.services.server_review import unapproved_server_refusal
 from approvals.services.tokens import server_in_scope, token_scope_refused, token_touch
 from approvals.services.tools import tools_seen
@@ -271,12 +271,7 @@ class BridgeConsumer(AsyncWebsocketConsumer):
         """This connection waits on these calls: the undecided ones, and those whose result it holds for a
         reviewer, are detached if it closes, and one detached from an earlier connection of the token is
         followed again (services/presence.py)."""
-        waited_on = [
-            call
-            for call in calls
-            if (call.state in (ToolCall.State.PENDING, ToolCall.State.ALLOWED) and call.started_at is None)
-            or (call.state == ToolCall.State.ALLOWED and call.result_review == ToolCall.ResultReview.HELD)
-        ]
+        waited_on = [call for call in calls if is_followed(call)]
         self.following.update(str(call.pk) for call in waited_on)
         detached = [str(call.pk) for call in waited_on if call.detached_until is not None]
         if detached and self.token is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import Q, QuerySet
 
-from approvals.models import Team, ToolCall
+from approvals.models import Membership, Team, ToolCall
 
 _CALL_RELATIONS = ("team", "token", "requester", "decided_by")
 
@@ -31,3 +31,8 @@ def decided_calls_for(*, team: Team, requester_id: int | None = None) -> QuerySe
     if requester_id is not None:
         calls = calls.filter(requester_id=requester_id)
     return calls.exclude(state=ToolCall.State.PENDING).order_by("-created_at")
+
+
+def active_admins_of(*, team: Team) -> QuerySet[Membership]:
+    """The memberships of the team's admins whose accounts are active."""
+    return Membership.objects.filter(team=team, role=Membership.Role.ADMIN, user__is_active=True)

@@ -321,16 +321,21 @@ class SignoffLink:
             answer = self._answers.pop(ref, None)
             if not isinstance(answer, protocol.Decision):
                 return
-            try:
-                if answer.run or answer.state in protocol.TERMINAL_STATES:
-                    return
-                await self.request(
-                    protocol.Withdraw(call_id=answer.call_id, reason=reason), connect_timeout=1.0
-                )
-            except LinkError as exc:
-                log.info("could not withdraw call %s: %s", answer.call_id, exc)
-            finally:
+            if answer.run or answer.state in protocol.TERMINAL_STATES:
                 self.forget(answer.call_id)  # nobody here waits on it any more
+                return
+            await self.withdraw(answer.call_id, reason)
+
+    async def withdraw(self, call_id: str, reason: str) -> None:
+        """Take a held call off the queue: nobody here waits on it any more. Best effort: a failure is
+        logged, and the server's own rules (the detach grace, the deadline) end the call."""
+        self.forget(call_id)
+        try:
+            await self.request(protocol.Withdraw(call_id=call_id, reason=reason), connect_timeout=1.0)
+        except LinkError as exc:
+            log.info("could not withdraw call %s: %s", call_id, exc)
+        finally:
+            self.forget(call_id)  # and the watch its answer opened
 
     async def send(self, message: protocol.Message) -> bool:
         """Fire-and-forget (status polls). False when not connected."""

@@ -678,7 +678,7 @@ class Bridge:
             outcome = await self._wait(ctx, decision)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True), anyio.move_on_after(WITHDRAW_SECONDS):
-                await self._withdraw(decision.call_id, CLIENT_CANCELLED)
+                await self.link.withdraw(decision.call_id, CLIENT_CANCELLED)
             raise
         if isinstance(outcome, str):
             return outcome
@@ -699,7 +699,7 @@ class Bridge:
             now = time.monotonic()
             server_left = _seconds_until(watch.latest.deadline)
             if own_deadline is not None and now >= own_deadline:
-                await self._withdraw(decision.call_id, "the bridge's own deadline (--timeout) passed")
+                await self.link.withdraw(decision.call_id, "the bridge's own deadline (--timeout) passed")
                 return protocol.Decision(call_id=decision.call_id, state="expired")
             if server_left is not None and server_left <= -SERVER_EXPIRY_GRACE:
                 # The server should have said "expired" by now; whatever it says later, this call is over.
@@ -796,15 +796,6 @@ class Bridge:
         finally:
             self._reporting.discard(call_id)
             self.link.forget(call_id)  # its answer is watched like any: the call is over for this bridge
-
-    async def _withdraw(self, call_id: str, reason: str) -> None:
-        self.link.forget(call_id)
-        try:
-            await self.link.request(protocol.Withdraw(call_id=call_id, reason=reason), connect_timeout=1.0)
-        except LinkError as exc:
-            log.info("could not withdraw call %s: %s", call_id, exc)
-        finally:
-            self.link.forget(call_id)  # and the watch its answer opened
 
     def _refusal(self, decision: protocol.Decision) -> str:
         reason = decision.reason or decision.state

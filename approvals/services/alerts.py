@@ -34,7 +34,8 @@ from django.utils import timezone
 
 from approvals import realtime
 from approvals.masking import mask_json, mask_text
-from approvals.models import Alert, BridgeToken, Membership, Team, ToolCall
+from approvals.models import Alert, BridgeToken, Team, ToolCall
+from approvals.selectors import active_admins_of
 from approvals.services.audit import audit_record
 
 log = logging.getLogger(__name__)
@@ -146,11 +147,7 @@ def _push_open_count_on_commit(team: Team) -> None:
     """Once the transaction commits, the admins' open queue pages show the team's new open-alert count."""
 
     def push() -> None:
-        admin_ids = list(
-            Membership.objects.filter(
-                team=team, role=Membership.Role.ADMIN, user__is_active=True
-            ).values_list("user_id", flat=True)
-        )
+        admin_ids = list(active_admins_of(team=team).values_list("user_id", flat=True))
         if admin_ids:
             realtime.open_alerts_changed(
                 team_id=team.pk, admin_ids=admin_ids, open_count=open_alerts_count(team=team)

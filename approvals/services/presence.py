@@ -38,6 +38,15 @@ UNDECIDED = Q(state__in=[State.PENDING, State.ALLOWED], started_at__isnull=True)
 RESULT_HELD = Q(state=State.ALLOWED, finished_at__isnull=True, result_review=Review.HELD)
 """A call whose result its bridge holds for a reviewer."""
 FOLLOWED = UNDECIDED | RESULT_HELD
+
+
+def is_followed(call: ToolCall) -> bool:
+    """Whether its bridge waits on this call (``FOLLOWED``, for a call in hand)."""
+    undecided = call.state in (State.PENDING, State.ALLOWED) and call.started_at is None
+    result_held = call.state == State.ALLOWED and call.result_review == Review.HELD
+    return undecided or result_held
+
+
 GONE = "its bridge disconnected and did not come back in time"
 
 

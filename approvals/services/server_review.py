@@ -23,7 +23,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from approvals.models import BridgeToken, Membership, ServerReview, Team, Upstream, UpstreamUse
+from approvals.models import BridgeToken, ServerReview, Team, Upstream, UpstreamUse
+from approvals.selectors import active_admins_of
 from approvals.services.audit import audit_record
 
 
@@ -229,9 +230,7 @@ def team_admins_text(team: Team) -> str:
     """Whom to ask: the team's admins by email (or user name), at most three."""
     admins = [
         membership.user.email or membership.user.get_username()
-        for membership in Membership.objects.filter(
-            team=team, role=Membership.Role.ADMIN, user__is_active=True
-        ).select_related("user")[:3]
+        for membership in active_admins_of(team=team).select_related("user")[:3]
     ]
     return ", ".join(admins) if admins else "the team's admins"
 

@@ -10,6 +10,7 @@ from django.utils.text import slugify
 from approvals import realtime
 from approvals.access import REVIEW_ROLES, has_totp
 from approvals.models import BridgeToken, Membership, Team
+from approvals.selectors import active_admins_of
 from approvals.services.audit import audit_record
 from approvals.services.calls import calls_lock_held_of
 from approvals.services.tokens import token_revoke
@@ -83,11 +84,7 @@ class LastAdminError(Exception):
 
 
 def _other_admins(team: Team, user: User) -> bool:
-    return (
-        Membership.objects.filter(team=team, role=Membership.Role.ADMIN, user__is_active=True)
-        .exclude(user=user)
-        .exists()
-    )
+    return active_admins_of(team=team).exclude(user=user).exists()
 
 
 def member_remove(*, team: Team, user: User, by: User | None = None) -> bool:
